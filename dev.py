@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""The project's two entry points: `python3 dev.py demo` (the main job) and `python3 dev.py test` (the test suite).
+
+Each sets itself up first: a virtual environment in .venv with the pinned dependencies of requirements.lock.
+Needs only Python 3.10+, pip and (for later, real-CLI tests) npm. Exits with the status of what it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(ROOT, ".venv")
+BIN = os.path.join(VENV, "bin")
+PYTHON = os.path.join(BIN, "python")
+STAMP = os.path.join(VENV, ".hypervisor-installed")
+
+
+def say(text: str) -> None:
+    print(f"[dev] {text}", flush=True)
+
+
+def run(*args: str, cwd: str = ROOT, env: dict | None = None) -> None:
+    say(" ".join(args))
+    result = subprocess.run(args, cwd=cwd, env=env)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def setup() -> None:
+    """Create .venv and install the package with its pinned (test) dependencies, unless already up to date."""
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "requirements.lock"):
+        with open(os.path.join(ROOT, name), "rb") as handle:
+            digest.update(handle.read())
+    wanted = digest.hexdigest()
+    if os.path.exists(STAMP) and open(STAMP).read() == wanted and os.path.exists(PYTHON):
+        return
+    if not os.path.exists(PYTHON):
+        say(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "-c", "requirements.lock", "-e", ".[test]")  # fmt: skip
+    with open(STAMP, "w") as handle:
+        handle.write(wanted)
+
+
+def demo() -> None:
+    """The main job: the batch triage over a fresh copy of examples/tasks, then the store's stats."""
+    work = os.path.join(ROOT, "build", "demo")
+    shutil.rmtree(work, ignore_errors=True)
+    tasks = os.path.join(work, "tasks")
+    shutil.copytree(os.path.join(ROOT, "examples", "tasks"), tasks)
+    paths = sorted(
+        os.path.relpath(os.path.join(folder, name), work)
+        for folder, _, names in os.walk(tasks)
+        for name in names
+        if name.endswith(".md")
+    )
+    with open(os.path.join(work, "queue.txt"), "w") as handle:
+        handle.write("\n".join(paths) + "\n")
+    say(f"{len(paths)} tasks copied to {tasks}; triaging them with scripts/batch_worker.py")
+    worker = os.path.join(ROOT, "scripts", "batch_worker.py")
+    subprocess.run([PYTHON, worker, "--dir", work, "--tasks", tasks, "--batch", "1000"])
+    run(PYTHON, worker, "--dir", work, "--stats")
+    run(os.path.join(BIN, "hypervisor"), "stats", "--by-project", "--tasks", tasks)
+    say(f"done: results in {os.path.join(work, 'results')}, triaged tasks in {tasks}")
+
+
+def test(pytest_args: list[str]) -> None:
+    """The whole test suite."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+    sys.exit(result.returncode)
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "setup"):
+        print(__doc__)
+        print("usage: python3 dev.py demo | test [pytest args...] | setup")
+        sys.exit(2)
+    setup()
+    if sys.argv[1] == "demo":
+        demo()
+    elif sys.argv[1] == "test":
+        test(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m hypervisor` runs the CLI."""
+
+from .cli import main
+
+main()

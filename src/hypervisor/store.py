@@ -1,0 +1,257 @@
+"""The markdown task store: finds task files under a root, keeps an index of them, and rewrites them safely."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from typing import Callable, Iterator
+
+from . import fsutil, taskfile
+from .errors import TaskFileError, TaskNotFound
+from .rules import check_task_id, queue_order
+from .task import summarize
+from .taskfile import TaskDoc
+
+STATE_DIR = ".hypervisor"
+INDEX_VERSION = 1
+
+
+class TaskStore:
+    """Tasks under `root`; state (locks, claims, events, index) under `root/.hypervisor`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
+        self.state = os.path.join(self.root, STATE_DIR)
+        self._entries: dict[str, list] = {}
+        self._loaded = False
+        self._dirty = False
+        self._generation = 0
+        self._refreshed_at = float("-inf")
+        self._summaries: tuple[int, list[dict], list[dict]] | None = None
+        self._queue_view: tuple[int, list[dict], dict[str, str]] | None = None
+
+    # -- state folder -------------------------------------------------------------------------------------------
+    def ensure_state(self) -> str:
+        """Create the state folder (ignored by git) and its subfolders; returns its path."""
+        if not os.path.isdir(self.root):
+            msg = (
+                f"task root {self.root} does not exist: pass --tasks DIR, set HYPERVISOR_TASKS, "
+                "or put 'tasks: DIR' in .hypervisor.yaml"
+            )
+            raise TaskNotFound(msg)
+        for sub in ("", "locks", "claims", "runs"):
+            os.makedirs(os.path.join(self.state, sub), exist_ok=True)
+        ignore = os.path.join(self.state, ".gitignore")
+        if not os.path.exists(ignore):
+            fsutil.atomic_write(ignore, b"# hypervisor state: claims, locks, events, index\n*\n")
+        return self.state
+
+    def lock_path(self, task_id: str) -> str:
+        """The flock file that serialises every change to one task."""
+        return os.path.join(self.state, "locks", check_task_id(task_id) + ".lock")
+
+    @contextlib.contextmanager
+    def task_lock(self, task_id: str) -> Iterator[None]:
+        """Hold the task's lock; all writers of a task's file and claim go through it."""
+        self.ensure_state()
+        with fsutil.locked(self.lock_path(task_id)):
+            yield
+
+    # -- scanning and the index ---------------------------------------------------------------------------------
+    def _walk(self) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """(relpath, stat, is_symlink) for every *.md under the root, skipping dot-files and dot-folders."""
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                entries = os.scandir(os.path.join(self.root, rel_dir))
+            except OSError:
+                continue
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(rel)
+                        elif entry.name.endswith(".md"):
+                            link = entry.is_symlink()
+                            yield rel, (os.stat(entry.path) if link else entry.stat(follow_symlinks=False)), link
+                    except OSError:
+                        continue
+
+    def _index_path(self) -> str:
+        return os.path.join(self.state, "index.json")
+
+    def _load_index(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            with open(self._index_path(), "rb") as handle:
+                saved = json.loads(handle.read())
+            if saved.get("version") == INDEX_VERSION and saved.get("root") == self.root:
+                self._entries = saved["entries"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            self._entries = {}
+
+    def refresh(self, max_age: float | None = None) -> int:
+        """Bring the index up to date, re-reading only files whose stat changed; returns how many were read.
+
+        With `max_age`, an index refreshed less than `max_age` seconds ago is used as it is.
+        """
+        if max_age is not None and time.monotonic() - self._refreshed_at < max_age:
+            return 0
+        self._refreshed_at = time.monotonic()
+        self._load_index()
+        seen: dict[str, list] = {}
+        reread = 0
+        for rel, st, is_link in self._walk():
+            signature = [st.st_mtime_ns, st.st_size, st.st_ino]
+            old = self._entries.get(rel)
+            if old is not None and old[0] == signature:
+                seen[rel] = old
+                continue
+            seen[rel] = [signature, self._read_summary(rel, st, is_link)]
+            reread += 1
+        if reread or len(seen) != len(self._entries):
+            self._dirty = True
+            self._generation += 1
+        self._entries = seen
+        return reread
+
+    def note_written(self, doc: TaskDoc) -> None:
+        """Update the index entry of a file this process just wrote, so it need not be read again."""
+        rel = os.path.relpath(doc.path, self.root)
+        try:
+            st = os.stat(doc.path)
+        except OSError:
+            return
+        summary = summarize(doc.data, doc.path, rel, os.path.basename(rel)[:-3])
+        self._entries[rel] = [[st.st_mtime_ns, st.st_size, st.st_ino], summary]
+        self._dirty = True
+        self._generation += 1
+
+    def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> dict:
+        path = os.path.join(self.root, rel)
+        try:
+            if is_link:
+                self._check_inside(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise TaskFileError(path, "not a regular file")
+            doc = taskfile.read_doc(path, st.st_size)
+            return summarize(doc.data, path, rel, os.path.basename(rel)[:-3])
+        except TaskFileError as error:
+            return {"error": str(error), "path": rel, "field": error.field}
+        except OSError as error:
+            return {"error": f"{path}: cannot read: {error.strerror}", "path": rel, "field": None}
+
+    def _check_inside(self, path: str) -> None:
+        target = os.path.realpath(path)
+        if os.path.commonpath([target, self.real_root]) != self.real_root:
+            raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
+
+    def save_index(self) -> None:
+        """Persist the index if it changed, so the next process re-reads only what changed since."""
+        if not self._dirty or not os.path.isdir(self.root):
+            return
+        self.ensure_state()
+        payload = {"version": INDEX_VERSION, "root": self.root, "entries": self._entries}
+        fsutil.atomic_write(self._index_path(), json.dumps(payload, separators=(",", ":")).encode())
+        self._dirty = False
+
+    def summaries(self, refresh: bool = True) -> tuple[list[dict], list[dict]]:
+        """(valid task summaries, invalid-file reports) over the whole root; duplicate ids are invalid."""
+        if not os.path.isdir(self.root):
+            self.ensure_state()  # raises the clear "does not exist" message
+        if refresh:
+            self.refresh()
+        if self._summaries is not None and self._summaries[0] == self._generation:
+            return list(self._summaries[1]), list(self._summaries[2])
+        valid: dict[str, dict] = {}
+        invalid: list[dict] = []
+        duplicates: dict[str, list[str]] = {}
+        for rel in sorted(self._entries):
+            summary = self._entries[rel][1]
+            if "error" in summary:
+                invalid.append(summary)
+                continue
+            task_id = summary["id"]
+            if task_id in valid or task_id in duplicates:
+                duplicates.setdefault(task_id, [valid.pop(task_id)["path"]] if task_id in valid else [])
+                duplicates[task_id].append(rel)
+                continue
+            valid[task_id] = summary
+        for task_id, rels in duplicates.items():
+            for rel in rels:
+                others = ", ".join(r for r in rels if r != rel)
+                message = f"{os.path.join(self.root, rel)}: id: {task_id!r} is also the id of {others}; ids must be unique"
+                invalid.append({"error": message, "path": rel, "field": "id", "duplicate_of": task_id})
+        self._summaries = (self._generation, list(valid.values()), invalid)
+        return list(valid.values()), list(invalid)
+
+    def queue_view(self) -> tuple[list[dict], dict[str, str]]:
+        """(valid summaries in queue order, status by id) for the index as it is now; cached until it changes."""
+        if self._queue_view is None or self._queue_view[0] != self._generation:
+            valid, _ = self.summaries(refresh=False)
+            valid.sort(key=lambda s: queue_order(s["priority"], s["created"], s["id"]))
+            self._queue_view = (self._generation, valid, {s["id"]: s["status"] for s in valid})
+        return self._queue_view[1], self._queue_view[2]
+
+    def by_id(self, refresh: bool = True) -> dict[str, dict]:
+        """Valid task summaries keyed by id."""
+        valid, _ = self.summaries(refresh)
+        return {summary["id"]: summary for summary in valid}
+
+    def find(self, task_id: str, refresh: bool = True) -> dict:
+        """The summary of one task; TaskNotFound (naming duplicates or the file's error) otherwise."""
+        check_task_id(task_id)
+        valid, invalid = self.summaries(refresh)
+        for summary in valid:
+            if summary["id"] == task_id:
+                return summary
+        for report in invalid:
+            if report.get("duplicate_of") == task_id or os.path.basename(report["path"]) == task_id + ".md":
+                raise TaskNotFound(f"task {task_id} cannot be used: {report['error']}")
+        raise TaskNotFound(f"no task with id {task_id!r} under {self.root}; `hypervisor list` shows the ids")
+
+    def path_of(self, summary: dict) -> str:
+        """Absolute path of a task's file."""
+        return os.path.join(self.root, summary["path"])
+
+    # -- reading and writing one task ---------------------------------------------------------------------------
+    def read(self, known: dict) -> tuple[dict, TaskDoc]:
+        """(summary, document) of a task read fresh from its file; `known` is its index summary.
+
+        TaskNotFound if the file is gone or now holds another id (moved or renamed since the index saw it).
+        """
+        path = self.path_of(known)
+        try:
+            doc = taskfile.read_doc(path)
+        except FileNotFoundError:
+            raise TaskNotFound(f"task {known['id']}: its file {path} is gone; run the command again") from None
+        fresh = summarize(doc.data, path, known["path"], os.path.basename(path)[:-3])
+        if fresh["id"] != known["id"]:
+            raise TaskNotFound(f"task {known['id']}: {path} now holds task {fresh['id']}; run the command again")
+        return fresh, doc
+
+    def write(self, doc: TaskDoc) -> None:
+        """Write a document back atomically (the caller holds the task's lock)."""
+        fsutil.atomic_write(doc.path, doc.render().encode("utf-8"))
+        self.note_written(doc)
+
+    def update(self, task_id: str, change: Callable[[dict, TaskDoc], object]) -> object:
+        """Under the task's lock: re-read the file, apply `change(summary, doc)`, write it if anything changed."""
+        known = self.find(task_id)
+        with self.task_lock(task_id):
+            summary, doc = self.read(known)
+            before = doc.render()
+            result = change(summary, doc)
+            if doc.render() != before:
+                self.write(doc)
+            return result

@@ -1,0 +1,150 @@
+"""The claim contract on the file backend: atomic, leased, renewable, token-fenced, counted, dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import write_task
+from hypervisor import taskfile
+from hypervisor.config import Config
+from hypervisor.errors import ClaimRefused, NothingToClaim, UsageError
+from hypervisor.store import TaskStore
+from hypervisor.taskqueue import TaskQueue
+
+
+def events(root):
+    return [json.loads(line) for line in (root / ".hypervisor" / "events.jsonl").read_text().splitlines()]
+
+
+def fields(path):
+    return taskfile.read_doc(str(path)).data
+
+
+def test_claim_is_exclusive_and_complete_needs_the_token(root, queue):
+    path = write_task(root, "a", status="active", custom="kept")
+    claim = queue.claim_next("w1")
+    assert claim["id"] == "a" and claim["attempts"] == 1 and len(claim["claim_token"]) == 32
+    assert fields(path)["status"] == "in_progress" and fields(path)["assignee"] == "w1"
+    with pytest.raises(NothingToClaim):
+        queue.claim_next("w2")
+    with pytest.raises(ClaimRefused, match="already claimed by w1"):
+        queue.claim_next("w2", task_id="a")
+    with pytest.raises(ClaimRefused, match="does not match the live claim"):
+        queue.complete("a", token="0" * 32, summary="nope")
+    with pytest.raises(ClaimRefused, match="claimed by w1, not by w2"):
+        queue.complete("a", caller="w2", summary="nope")
+    queue.complete("a", token=claim["claim_token"], summary="did it", commit="abc1234")
+    data = fields(path)
+    assert data["status"] == "done" and data["commit"] == "abc1234" and data["custom"] == "kept"
+    assert "## Worker log" in path.read_text() and "did it" in path.read_text()
+    assert [e["event"] for e in events(root)] == ["claimed", "completed"]
+
+
+def test_queue_order_is_priority_then_created_then_id(root, queue):
+    write_task(root, "late", priority=1, created="2026-02-01")
+    write_task(root, "early", priority=1, created="2026-01-01")
+    write_task(root, "urgent", priority=0)
+    write_task(root, "b-nodate", priority=1)
+    write_task(root, "a-nodate", priority=1)
+    write_task(root, "low", priority=4, created="2020-01-01")
+    assert [t["id"] for t in queue.ready()] == ["urgent", "early", "late", "a-nodate", "b-nodate", "low"]
+    assert [queue.claim_next("w")["id"] for _ in range(6)] == ["urgent", "early", "late", "a-nodate", "b-nodate", "low"]
+
+
+def test_dependencies_gate_the_queue_and_a_missing_one_blocks(root, queue):
+    write_task(root, "base", status="active")
+    write_task(root, "next", depends_on=["base"])
+    write_task(root, "linked", depends_on="[[base]]")
+    write_task(root, "orphan", depends_on=["does-not-exist"])
+    write_task(root, "after-cancel", depends_on=["gone"])
+    write_task(root, "gone", status="cancelled")
+    assert {t["id"] for t in queue.ready()} == {"base", "after-cancel"}
+    with pytest.raises(ClaimRefused, match=r"does-not-exist \(missing\)"):
+        queue.claim_next("w", task_id="orphan")
+    claim = queue.claim_next("w", task_id="base")
+    queue.complete("base", token=claim["claim_token"], summary="ok")
+    assert {t["id"] for t in queue.ready()} == {"next", "linked", "after-cancel"}
+
+
+def test_expired_lease_is_taken_over_once_and_the_stale_holder_is_told(root, queue):
+    path = write_task(root, "a", status="active")
+    first = queue.claim_next("w1", lease_seconds=0.3)
+    time.sleep(0.4)
+    second = queue.claim_next("w3")
+    assert second["id"] == "a" and second["attempts"] == 2
+    assert fields(path)["attempts"] == 2 and fields(path)["assignee"] == "w3"
+    with pytest.raises(ClaimRefused, match=r"claim lost: lease expired .* ago, now held by w3"):
+        queue.complete("a", token=first["claim_token"], summary="late")
+    with pytest.raises(ClaimRefused, match="claim lost"):
+        queue.renew("a", token=first["claim_token"])
+    assert [e["event"] for e in events(root)] == ["claimed", "taken_over"]
+
+
+def test_renew_extends_the_lease(root, queue):
+    write_task(root, "a")
+    claim = queue.claim_next("w1", lease_seconds=0.5)
+    renewed = queue.renew("a", token=claim["claim_token"], lease_seconds=60)
+    assert renewed["lease_expires_at"] > claim["lease_expires_at"]
+    time.sleep(0.6)
+    with pytest.raises(NothingToClaim):
+        queue.claim_next("w2")
+
+
+def test_release_restores_status_and_assignee_and_keeps_the_attempt(root, queue):
+    path = write_task(root, "a", status="inbox", assignee="human")
+    claim = queue.claim_next("w1")
+    queue.release("a", token=claim["claim_token"], reason="gave up")
+    data = fields(path)
+    assert data["status"] == "inbox" and data["assignee"] == "human" and data["attempts"] == 1
+    assert queue.claim_next("w2")["attempts"] == 2
+
+
+def test_dead_letter_after_max_attempts(root):
+    queue = TaskQueue(TaskStore(str(root)), Config(max_attempts=2))
+    path = write_task(root, "a", status="active")
+    for caller in ("w1", "w2"):
+        claim = queue.claim_next(caller)
+        queue.release("a", token=claim["claim_token"])
+    with pytest.raises(NothingToClaim):
+        queue.claim_next("w3")
+    data = fields(path)
+    assert data["status"] == "blocked" and data["blocked_reason"] == "max_attempts" and data["attempts"] == 2
+    assert events(root)[-1]["event"] == "dead_letter"
+
+
+def test_block_records_the_reason(root, queue):
+    path = write_task(root, "a")
+    claim = queue.claim_next("w1")
+    with pytest.raises(UsageError):
+        queue.block("a", token=claim["claim_token"], reason="  ")
+    queue.block("a", token=claim["claim_token"], reason="needs the API key")
+    data = fields(path)
+    assert data["status"] == "blocked" and data["blocked_reason"] == "needs the API key"
+    with pytest.raises(ClaimRefused, match="no live claim"):
+        queue.complete("a", token=claim["claim_token"], summary="x")
+
+
+def test_hand_set_in_progress_is_not_claimable(root, queue):
+    write_task(root, "a", status="in_progress", assignee="someone")
+    with pytest.raises(ClaimRefused, match="is in_progress"):
+        queue.claim_next("w", task_id="a")
+
+
+def test_stats_and_preflight(root, queue):
+    write_task(root, "done1", status="done")
+    write_task(root, "cx", status="cancelled")
+    write_task(root, "dep", depends_on=["open"])
+    write_task(root, "open", status="active")
+    write_task(root, "taken")
+    queue.claim_next("w", task_id="taken")
+    pre = queue.preflight()
+    assert pre["ready"] == ["open"]
+    assert pre["skipped"]["done"] == ["done1"] and pre["skipped"]["cancelled"] == ["cx"]
+    assert pre["skipped"]["claimed"][0]["id"] == "taken"
+    assert pre["skipped"]["blocked_deps"] == [{"id": "dep", "waiting_on": ["open (active)"]}]
+    stats = queue.stats(by_project=True)
+    assert stats["total"] == 5 and stats["claimed"] == 1 and stats["ready"] == 1
+    assert stats["by_status"]["in_progress"] == 1

@@ -1,0 +1,173 @@
+"""Real processes: many claimers racing, a claimer SIGKILLed mid-claim, a write SIGKILLed mid-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import write_task
+from hypervisor import taskfile
+from hypervisor.store import TaskStore
+from hypervisor.taskqueue import TaskQueue
+
+CLAIM_LOOP = """
+import json, sys
+from hypervisor.errors import NothingToClaim
+from hypervisor.store import TaskStore
+from hypervisor.taskqueue import TaskQueue
+queue = TaskQueue(TaskStore(sys.argv[1]))
+sys.stdin.read(1)  # start line: every process is up before any claims
+claimed = []
+while True:
+    try:
+        claimed.append(queue.claim_next(sys.argv[2])["id"])
+    except NothingToClaim:
+        break
+print(json.dumps(claimed))
+"""
+
+CLAIM_ONE = """
+import json, sys
+from hypervisor.errors import ClaimRefused, NothingToClaim
+from hypervisor.store import TaskStore
+from hypervisor.taskqueue import TaskQueue
+queue = TaskQueue(TaskStore(sys.argv[1]))
+sys.stdin.read(1)
+try:
+    claim = queue.claim_next(sys.argv[2], lease_seconds=float(sys.argv[3]) if len(sys.argv) > 3 else None)
+    print(json.dumps(claim))
+except (ClaimRefused, NothingToClaim) as error:
+    print(json.dumps({"refused": str(error)}))
+"""
+
+
+def make_store(root: Path, count: int) -> None:
+    for number in range(count):
+        status = "active" if number % 2 else "inbox"
+        write_task(root, f"t{number:05d}", folder=f"f{number % 8}", status=status, priority=number % 5)
+
+
+def race(script: str, args_per_process: list[list[str]]) -> list[str]:
+    """Start every process, release them together through stdin, return their stdout."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for args in args_per_process
+    ]
+    for proc in procs:
+        proc.stdin.write("go")
+        proc.stdin.close()
+    outputs = []
+    for proc in procs:
+        out = proc.stdout.read()
+        assert proc.wait(timeout=600) == 0
+        outputs.append(out)
+    return outputs
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_sixteen_processes_claim_two_thousand_tasks_exactly_once(tmp_path, round_):
+    root = tmp_path / "tasks"
+    make_store(root, 2000)
+    outputs = race(CLAIM_LOOP, [[str(root), f"w{n}"] for n in range(16)])
+    claimed = [task_id for out in outputs for task_id in json.loads(out)]
+    counts = Counter(claimed)
+    assert len(claimed) == 2000, f"claimed {len(claimed)} times for 2000 tasks"
+    assert not [task_id for task_id, n in counts.items() if n > 1]
+    assert set(counts) == {f"t{n:05d}" for n in range(2000)}
+    workers_used = sum(1 for out in outputs if json.loads(out))
+    assert workers_used > 1, "the race never happened: one process claimed everything"
+    events = (root / ".hypervisor" / "events.jsonl").read_text().splitlines()
+    assert Counter(json.loads(line)["event"] for line in events) == {"claimed": 2000}
+    store = TaskStore(str(root))
+    assert {s["status"] for s in store.by_id().values()} == {"in_progress"}
+
+
+def test_claimer_killed_between_lock_and_write_is_taken_over_once_after_the_lease(tmp_path):
+    root = tmp_path / "tasks"
+    path = write_task(root, "victim", status="active")
+    before = path.read_text()
+    env = dict(os.environ, HYPERVISOR_FAULT="claim-recorded")
+    killed = subprocess.run([sys.executable, "-c", CLAIM_ONE, str(root), "doomed", "1.0"], input="go", env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert path.read_text() == before, "the task file was written although the claimer died before writing it"
+    assert (root / ".hypervisor" / "claims" / "victim.json").exists()
+
+    early = race(CLAIM_ONE, [[str(root), "early"]])
+    assert "refused" in json.loads(early[0]) or "nothing to claim" in early[0]
+
+    time.sleep(1.1)
+    outputs = race(CLAIM_ONE, [[str(root), f"taker{n}"] for n in range(8)])
+    results = [json.loads(out) for out in outputs]
+    winners = [r for r in results if "claim_token" in r]
+    assert len(winners) == 1, results
+    assert winners[0]["attempts"] == 2
+    data = taskfile.read_doc(str(path)).data
+    assert data["status"] == "in_progress" and data["attempts"] == 2 and data["assignee"] == winners[0]["assignee"]
+    events = [json.loads(line) for line in (root / ".hypervisor" / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["taken_over"]
+    assert events[0]["previous_caller"] == "doomed"
+
+
+@pytest.mark.parametrize("fault", ["write-partial", "write-before-replace"])
+def test_write_killed_midway_leaves_the_old_file_intact(tmp_path, fault):
+    root = tmp_path / "tasks"
+    path = write_task(root, "a", body="Body that must survive.\n" * 200, status="active", note="x")
+    before = path.read_bytes()
+    script = (
+        "import sys\nfrom hypervisor.store import TaskStore\nfrom hypervisor.taskqueue import TaskQueue\n"
+        "TaskQueue(TaskStore(sys.argv[1])).claim_next('w1')\n"
+    )
+    env = dict(os.environ, HYPERVISOR_FAULT=fault)
+    # the claim record is written first; the fault fires on that first atomic write
+    result = subprocess.run([sys.executable, "-c", script, str(root)], env=env, capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    leftovers = [p.name for p in (root / ".hypervisor" / "claims").iterdir()]
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
+    assert TaskQueue(TaskStore(str(root))).claim_next("w2")["attempts"] == 1
+
+
+def test_task_file_write_killed_midway_keeps_the_old_task(tmp_path):
+    root = tmp_path / "tasks"
+    path = write_task(root, "a", body="Body that must survive.\n" * 200, status="active")
+    before = path.read_bytes()
+    script = (
+        "import os, sys\nfrom hypervisor.store import TaskStore\n"
+        "store = TaskStore(sys.argv[1])\n"
+        "def change(summary, doc):\n"
+        "    doc.set('status', 'review')\n"
+        "    os.environ['HYPERVISOR_FAULT'] = 'write-partial'\n"
+        "store.update('a', change)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    assert TaskStore(str(root)).find("a")["status"] == "active"
+
+
+UPDATE_ONE_KEY = """
+import sys
+from hypervisor.store import TaskStore
+store = TaskStore(sys.argv[1])
+sys.stdin.read(1)
+for round_ in range(20):
+    store.update("shared", lambda summary, doc: doc.set(f"{sys.argv[2]}_{round_}", round_))
+print("[]")
+"""
+
+
+def test_concurrent_writers_of_one_task_lose_no_update(tmp_path):
+    root = tmp_path / "tasks"
+    path = write_task(root, "shared", status="active")
+    race(UPDATE_ONE_KEY, [[str(root), f"p{n}"] for n in range(6)])
+    data = taskfile.read_doc(str(path)).data
+    assert all(data.get(f"p{n}_{r}") == r for n in range(6) for r in range(20))
