@@ -81,7 +81,9 @@ class TaskStore:
                             stack.append(rel)
                         elif entry.name.endswith(".md"):
                             link = entry.is_symlink()
-                            yield rel, (os.stat(entry.path) if link else entry.stat(follow_symlinks=False)), link
+                            if link and self._inside(entry.path):
+                                continue  # an alias: the file it points at is read in its own place
+                            yield rel, (os.lstat(entry.path) if link else entry.stat(follow_symlinks=False)), link
                     except OSError:
                         continue
 
@@ -142,7 +144,7 @@ class TaskStore:
         try:
             if is_link:
                 self._check_inside(path)
-            if not stat.S_ISREG(st.st_mode):
+            if not is_link and not stat.S_ISREG(st.st_mode):
                 raise TaskFileError(path, "not a regular file")
             doc = taskfile.read_doc(path, st.st_size)
             return summarize(doc.data, path, rel, os.path.basename(rel)[:-3])
@@ -151,9 +153,12 @@ class TaskStore:
         except OSError as error:
             return {"error": f"{path}: cannot read: {error.strerror}", "path": rel, "field": None}
 
+    def _inside(self, path: str) -> bool:
+        return os.path.commonpath([os.path.realpath(path), self.real_root]) == self.real_root
+
     def _check_inside(self, path: str) -> None:
-        target = os.path.realpath(path)
-        if os.path.commonpath([target, self.real_root]) != self.real_root:
+        if not self._inside(path):
+            target = os.path.realpath(path)
             raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
 
     def save_index(self) -> None:
