@@ -400,6 +400,67 @@ class TaskQueue:
 
         return self._holder_update(task_id, token, caller, apply)
 
+    def update(self, task_id: str, token: str | None = None, caller: str | None = None, status: str | None = None,
+               assignee: str | None = None, priority: int | None = None, note: str | None = None) -> dict:  # fmt: skip
+        """Change a task's status, assignee or priority, or add a note; a claimed task needs its holder.
+
+        Status `in_progress` claims the task for `caller` (atomically, as `claim`); `active`/`inbox` on a claimed
+        task releases it; `done` and `blocked` must go through complete and block, which log the outcome.
+        """
+        if status is not None and status not in rules.STATUSES:
+            raise UsageError(f"task {task_id}: status {status!r} is not one of {', '.join(rules.STATUSES)}")
+        if priority is not None and (isinstance(priority, bool) or priority not in rules.PRIORITIES):
+            raise UsageError(f"task {task_id}: priority {priority!r} is not allowed: use an integer 0 (highest) to 4")
+        if status == "done":
+            raise ClaimRefused(f"task {task_id}: to finish a task, complete it with a summary (complete_task)")
+        if status == "blocked":
+            raise ClaimRefused(f"task {task_id}: to block a task, block it with a reason (block_task)")
+        result: dict = {"id": task_id}
+        claim = self.read_claim(task_id)
+        if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
+            if not caller:
+                raise UsageError(f"task {task_id}: name the caller to claim it (status in_progress claims the task)")
+            claimed = self.claim_next(caller, task_id=task_id)
+            token, claim = claimed["claim_token"], self.read_claim(task_id)
+            result.update(claim_token=token, lease_expires_at=claimed["lease_expires_at"], attempts=claimed["attempts"])
+            status = None
+        if status in ("active", "inbox") and claim is not None:
+            self.release(task_id, token=token, caller=caller, reason="update_task", status=status)
+            claim, status = None, None
+
+        def change(summary: dict, doc: TaskDoc, held: Claim | None) -> dict:
+            if status is not None and status != summary["status"]:
+                rules.check_transition(task_id, summary["status"], status)
+                doc.set("status", status)
+                if held is not None and status != "in_progress":
+                    self._drop_claim(task_id)
+            if assignee is not None:
+                doc.set("assignee", assignee)
+            if priority is not None:
+                doc.set("priority", priority)
+            if note:
+                who = (held.worker or held.caller) if held else (caller or "someone")
+                doc.append_to_section("## Notes", f"- {iso(now())} {who}: {' '.join(note.split())}")
+            if doc.changed or note:
+                doc.set("modified", iso(now()))
+            self.event("updated", task_id, caller=held.caller if held else caller,
+                       fields={k: v for k, v in (("status", status), ("assignee", assignee), ("priority", priority),
+                                                 ("note", note)) if v is not None})  # fmt: skip
+            return {**result, "status": doc.data.get("status", summary["status"])}
+
+        if claim is not None:
+            return self._holder_update(task_id, token, caller, change)
+        known = self.store.find(task_id)
+        with self.store.task_lock(task_id):
+            if self.read_claim(task_id) is not None:
+                raise ClaimRefused(f"task {task_id} was claimed meanwhile; try again with the claim's token")
+            summary, doc = self.store.read(known)
+            before = doc.render()
+            out = change(summary, doc, None)
+            if doc.render() != before:
+                self.store.write(doc)
+            return out
+
     # -- views --------------------------------------------------------------------------------------------------
     def stats(self, by_project: bool = False) -> dict:
         """Counts by status, claims, readiness and dead letters (optionally per project)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .errors import ClaimRefused, ConfigError, NothingToClaim, TaskNotFound
+from .rules import FINISHED_STATUSES
 from .taskfile import TaskDoc
 
 DEFAULT_RULES = os.path.join(os.path.dirname(__file__), "triage_rules.yaml")
@@ -106,10 +107,10 @@ def classify(summary: dict, body: str, rules: TriageRules) -> str:
 
 
 def decide(summary: dict, doc: TaskDoc, rules: TriageRules) -> Verdict:
-    """Triage one task: closed (status done or a close heading), else its kind and assignee."""
+    """Triage one task: closed (done, cancelled, or a close heading), else its kind and assignee."""
     reason = close_reason(doc.body, rules.close_headings)
-    if summary["status"] == "done" and reason is None:
-        reason = "status is done"
+    if summary["status"] in FINISHED_STATUSES and reason is None:
+        reason = f"status is {summary['status']}"
     kind = classify(summary, doc.body, rules)
     project = summary["project"]
     link = bool(rules.project_links and project and f"[[{project}]]" not in doc.body and reason is None)
