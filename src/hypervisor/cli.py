@@ -384,6 +384,17 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
     click.echo("  ".join(f"{k}: {v}" for k, v in counts.items()), err=True)
 
 
+@cli.command()
+@tasks_option
+def mcp(tasks) -> None:
+    """Serve the task_manager MCP server on stdio (how Claude Code and Gemini CLI reach the queue)."""
+    from .mcp_server import serve
+
+    ctx = _ctx(tasks)
+    ctx.store.ensure_state()
+    serve(ctx.queue)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="hypervisor")

@@ -1,0 +1,90 @@
+"""The task_manager MCP server through the official SDK's client over real stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from conftest import REPO, write_task
+from hypervisor import taskfile
+from hypervisor.mcp_server import TOOL_NAMES
+
+
+def server_params(root) -> StdioServerParameters:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERVISOR_")}
+    return StdioServerParameters(
+        command=sys.executable, args=[str(REPO / "scripts" / "launch.py"), "mcp", "--tasks", str(root)], env=env
+    )
+
+
+def structured(result) -> dict:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+def error_text(result) -> str:
+    assert result.is_error, result
+    return result.content[0].text
+
+
+async def scenario(root):
+    async with Client(server_params(root)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) == set(TOOL_NAMES)
+        for name, tool in tools.items():
+            assert tool.description and len(tool.description) > 30, name
+            for prop, schema in tool.input_schema.get("properties", {}).items():
+                assert schema.get("description"), f"{name}.{prop} has no description"
+        assert tools["list_tasks"].annotations.read_only_hint is True
+        assert tools["get_task"].annotations.read_only_hint is True
+        assert tools["claim_next_task"].annotations.read_only_hint is False
+
+        listed = structured(await client.call_tool("list_tasks", {"ready": True}))
+        assert [t["id"] for t in listed["tasks"]] == ["a", "b"]
+
+        first = structured(await client.call_tool("claim_next_task", {"caller": "w1", "task_id": "a"}))
+        token = first["claim_token"]
+        refused = error_text(await client.call_tool("claim_next_task", {"caller": "w2", "task_id": "a"}))
+        assert "already claimed by w1" in refused
+
+        wrong = error_text(await client.call_tool("complete_task", {"id": "a", "claim_token": "bad", "summary": "x"}))
+        assert "does not match the live claim" in wrong
+        bad_id = error_text(await client.call_tool("get_task", {"id": "../etc/passwd"}))
+        assert "is not allowed" in bad_id
+
+        done = structured(await client.call_tool(
+            "complete_task", {"id": "a", "claim_token": token, "summary": "wrote the thing", "commit": "abc1234"}))
+        assert done["status"] == "done"
+
+        via_update = structured(await client.call_tool("update_task", {"id": "b", "caller": "w2", "status": "in_progress"}))
+        assert via_update["claim_token"] and via_update["status"] == "in_progress"
+        noted = structured(await client.call_tool("update_task", {"id": "b", "claim_token": via_update["claim_token"],
+                                                                  "note": "halfway", "priority": 0}))
+        assert noted["status"] == "in_progress"
+        released = structured(await client.call_tool("release_task", {"id": "b", "caller": "w2"}))
+        assert released["status"] == "active"
+        empty = error_text(await client.call_tool("claim_next_task", {"caller": "w3", "batch": ["a"]}))
+        assert "nothing to claim" in empty and "Stop" in empty
+
+        stats = structured(await client.call_tool("get_index_stats", {"include_projects": True}))
+        assert stats["by_status"]["done"] == 1 and "by_project" in stats
+        task = structured(await client.call_tool("get_task", {"id": "a"}))
+        assert task["status"] == "done" and "wrote the thing" in task["body"]
+
+
+def test_mcp_server_over_stdio(root):
+    path_a = write_task(root, "a", status="active", priority=0, keep="me")
+    path_b = write_task(root, "b", status="active", priority=1)
+    asyncio.run(scenario(root))
+    data = taskfile.read_doc(str(path_a)).data
+    assert data["status"] == "done" and data["commit"] == "abc1234" and data["keep"] == "me"
+    assert "## Worker log" in path_a.read_text() and "wrote the thing" in path_a.read_text()
+    doc_b = taskfile.read_doc(str(path_b))
+    assert doc_b.data["priority"] == 0 and doc_b.data["status"] == "active" and "halfway" in doc_b.body
