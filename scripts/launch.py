@@ -26,7 +26,8 @@ CHECK = "import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m
 def has_dependencies(python: str) -> bool:
     if not os.path.exists(python):
         return False
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # Compare unresolved paths: a venv's python is a symlink to the same binary, with other site-packages.
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         import importlib.util
 
         return all(importlib.util.find_spec(module) for module in MODULES)
