@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
 from .config import Config, load_config, resolve_task_root
 from .errors import HypervisorError
-from .store import TaskStore
-from .taskqueue import TaskQueue
 from .timeutil import parse_duration
+
+if TYPE_CHECKING:
+    from .store import TaskStore
+    from .taskqueue import TaskQueue
 
 
 class Context:
@@ -41,6 +43,9 @@ class Context:
     @property
     def queue(self) -> TaskQueue:
         if self._queue is None:
+            from .store import TaskStore
+            from .taskqueue import TaskQueue
+
             root = resolve_task_root(self.tasks_option, self.config)
             self._queue = TaskQueue(TaskStore(root), self.config)
         return self._queue
@@ -84,7 +89,9 @@ def _ctx(tasks: str | None) -> Context:
 
 
 def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    """JSON on stdout: indented for a person at a terminal, compact (and faster) for a program."""
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
 
 
 def _warn_invalid(invalid: list[dict]) -> None:
@@ -136,7 +143,6 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
         invalid = store.summaries(refresh=False)[1]
     else:
         items, invalid = store.summaries()
-        items.sort(key=lambda s: rules.queue_order(s["priority"], s["created"], s["id"]))
     store.save_index()
     items = [
         s
@@ -144,7 +150,10 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
         if (not statuses or s["status"] in statuses)
         and (project is None or s["project"] == project)
         and (assignee is None or s["assignee"] == assignee)
-    ][:limit]
+    ]
+    if not ready:
+        items.sort(key=lambda s: rules.queue_order(s["priority"], s["created"], s["id"]))
+    items = items[:limit]
     _warn_invalid(invalid)
     if as_json:
         _emit_json(items)
@@ -285,6 +294,7 @@ def claim(task_id, caller, lease, project, tasks, as_json) -> None:
     ctx = _ctx(tasks)
     lease_seconds = parse_duration(lease, "--lease") if lease else None
     result = ctx.queue.claim_next(caller, task_id=task_id, project=project, lease_seconds=lease_seconds)
+    ctx.store.save_index()
     if as_json:
         _emit_json(result)
     else:

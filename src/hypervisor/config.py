@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
 from . import rules
 from .errors import ConfigError
 from .timeutil import parse_duration
@@ -48,6 +46,8 @@ def load_config(path: str | None = None, start: str | None = None) -> Config:
     path = path or find_config(start)
     if path is None:
         return Config()
+    import yaml  # only when there is a settings file: keeps every command's start-up light
+
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import signal
-import tempfile
 from typing import Iterator
 
 FAULT_ENV = "HYPERVISOR_FAULT"
@@ -22,6 +21,8 @@ def fault_point(name: str) -> None:
 
 def atomic_write(path: str, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never a mix: temp file, fsync, os.replace."""
+    import tempfile  # not needed by read-only commands; keeps their start-up light
+
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
     try:
