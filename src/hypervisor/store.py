@@ -154,8 +154,20 @@ class TaskStore:
         except OSError:
             return
         summary = summarize(doc.data, doc.path, rel, os.path.basename(rel)[:-3])
-        self._entries[rel] = [[st.st_mtime_ns, st.st_size, st.st_ino], summary]
+        signature = [st.st_mtime_ns, st.st_size, st.st_ino]
         self._dirty = True
+        old = self._entries.get(rel)
+        view = self._queue_view
+        if (old is not None and "error" not in old[1] and view is not None and view[0] == self._generation
+                and _order_key(old[1]) == _order_key(summary)):  # fmt: skip
+            # The queue order is unchanged (the usual case: a claim changes status, not priority): patch the
+            # cached views in place instead of rebuilding and re-sorting them after every claim.
+            old[1].clear()
+            old[1].update(summary)
+            old[0] = signature
+            view[2][summary["id"]] = summary["status"]
+            return
+        self._entries[rel] = [signature, summary]
         self._generation += 1
 
     def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> dict:
@@ -225,7 +237,7 @@ class TaskStore:
         """(valid summaries in queue order, status by id) for the index as it is now; cached until it changes."""
         if self._queue_view is None or self._queue_view[0] != self._generation:
             valid, _ = self.summaries(refresh=False)
-            valid.sort(key=lambda s: queue_order(s["priority"], s["created"], s["id"]))
+            valid.sort(key=_order_key)
             self._queue_view = (self._generation, valid, {s["id"]: s["status"] for s in valid})
         return self._queue_view[1], self._queue_view[2]
 
@@ -283,3 +295,7 @@ class TaskStore:
             if doc.render() != before:
                 self.write(doc)
             return result
+
+
+def _order_key(summary: dict) -> tuple:
+    return queue_order(summary["priority"], summary["created"], summary["id"])

@@ -70,26 +70,41 @@ class TaskQueue:
         return Claim.from_json(data) if isinstance(data, dict) else None
 
     def claim_records(self) -> dict[str, Claim]:
-        """Every claim record by task id, re-reading only records whose file changed since the last call."""
-        cache: dict[str, tuple[tuple[int, int, int], Claim | None]] = {}
+        """Every claim record by task id (live or expired)."""
+        at = now()
+        return {
+            task_id: claim
+            for task_id in self._claim_names()
+            if (claim := self._cached_claim(task_id, "", at)) is not None
+        }
+
+    def _claim_names(self) -> set[str]:
         try:
-            entries = os.scandir(os.path.join(self.store.state, "claims"))
+            names = os.listdir(os.path.join(self.store.state, "claims"))
         except FileNotFoundError:
-            return {}
-        with entries:
-            for entry in entries:
-                if not entry.name.endswith(".json") or entry.name.startswith("."):
-                    continue
-                task_id = entry.name[:-5]
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-                known = self._claim_cache.get(task_id)
-                cache[task_id] = known if known and known[0] == signature else (signature, self.read_claim(task_id))
-        self._claim_cache = cache
-        return {task_id: claim for task_id, (_, claim) in cache.items() if claim is not None}
+            return set()
+        return {name[:-5] for name in names if name.endswith(".json") and not name.startswith(".")}
+
+    def _cached_claim(self, task_id: str, status: str, at: float) -> Claim | None:
+        """The claim record of a task that has one, re-read only when its file changed.
+
+        For an in_progress task a cached live lease is trusted without a stat: until it expires, a renewal or a
+        takeover keeps the task claimed, and a release, completion or block rewrites the task file, which the
+        index notices.
+        """
+        cached = self._claim_cache.get(task_id)
+        if status == "in_progress" and cached and cached[1] is not None and not cached[1].expired(at):
+            return cached[1]
+        try:
+            st = os.stat(self._claim_path(task_id))
+        except FileNotFoundError:
+            self._claim_cache.pop(task_id, None)
+            return None
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if cached is None or cached[0] != signature:
+            cached = (signature, self.read_claim(task_id))
+            self._claim_cache[task_id] = cached
+        return cached[1]
 
     def live_claims(self) -> dict[str, Claim]:
         """Claims whose lease has not expired, by task id."""
@@ -120,7 +135,7 @@ class TaskQueue:
         self.store.refresh(max_age)
         ordered, status_of = self.store.queue_view()
         wanted = set(ids) if ids is not None else None
-        claims = self.claim_records()
+        with_record = self._claim_names()
         at = now()
         for summary in ordered:
             task_id = summary["id"]
@@ -128,9 +143,12 @@ class TaskQueue:
                 continue
             if project is not None and summary["project"] != project:
                 continue
-            claim = claims.get(task_id)
-            if not self._claimable_status(summary["status"], claim is not None):
+            status = summary["status"]
+            if not self._claimable_status(status, task_id in with_record):
                 continue
+            claim = self._cached_claim(task_id, status, at) if task_id in with_record else None
+            if claim is None and not rules.is_status_claimable(status):
+                continue  # its claim record vanished meanwhile: an in_progress task nobody holds is left alone
             if claim is not None and not claim.expired(at):
                 continue
             if rules.blocking_dependencies(summary["depends_on"], status_of):
