@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import ForeignLoad, source_fingerprint
+
 CACHE = "/tmp/hypervisor-bench-cache"
 FORMAT = 2  # bump when the generated store's shape changes, so cached stores are regenerated
 SUBFOLDERS = 10
@@ -240,50 +242,6 @@ def profile(size: int, workdir: str, runs: int = 5) -> dict:
         "cprofile_top_cumulative": interesting[:25],
         "cprofile_top_tottime": sorted(rows, key=lambda r: r["tottime_ms"], reverse=True)[:15],
     }
-
-
-class ForeignLoad:
-    """CPU-seconds per second used by processes other than this one and its waited-for children, over a span.
-
-    Busy time from /proc/stat minus our own rusage; a few tenths is noise, 1+ means something else was running.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float]:
-        import resource
-
-        try:
-            with open("/proc/stat", encoding="ascii") as handle:
-                fields = [int(x) for x in handle.readline().split()[1:]]
-            busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq steal
-        except (OSError, ValueError, IndexError):
-            busy = float("nan")
-        ours = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # fmt: skip
-        return time.monotonic(), busy, ours
-
-    def stop(self) -> float:
-        end = self._sample()
-        wall = end[0] - self.start[0]
-        return max(0.0, (end[1] - self.start[1]) - (end[2] - self.start[2])) / wall if wall > 0 else 0.0
-
-
-def source_fingerprint() -> str:
-    """sha256 (12 hex) of the hypervisor package's .py files, to tie the figures to one version of src/."""
-    import hashlib
-
-    import hypervisor
-
-    package = os.path.dirname(hypervisor.__file__)
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(package)):
-        if name.endswith(".py"):
-            with open(os.path.join(package, name), "rb") as handle:
-                digest.update(name.encode() + b"\0" + handle.read())
-    return digest.hexdigest()[:12]
 
 
 # -- output -------------------------------------------------------------------------------------------------------
