@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 
 
@@ -48,3 +50,12 @@ def source_fingerprint() -> str:
             with open(os.path.join(package, name), "rb") as handle:
                 digest.update(name.encode() + b"\0" + handle.read())
     return digest.hexdigest()[:12]
+
+
+def emit(text: str, report: dict, as_json: bool) -> None:
+    """The table on stdout; with --json the JSON report on stdout and the table on stderr."""
+    if as_json:
+        print(text, file=sys.stderr)
+        print(json.dumps(report, indent=2))
+    else:
+        print(text)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ForeignLoad, source_fingerprint
+from benchlib import ForeignLoad, emit, source_fingerprint
 
 SUBFOLDERS = 10
 
@@ -450,12 +450,7 @@ def main() -> None:
         say("done")
         report["total_runtime_s"] = time.monotonic() - began
         report["loadavg_1m_at_end"] = os.getloadavg()[0]
-        text = table(report)
-        if ARGS.json:
-            print(text, file=sys.stderr)
-            print(json.dumps(report, indent=2))
-        else:
-            print(text)
+        emit(table(report), report, ARGS.json)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ForeignLoad, source_fingerprint
+from benchlib import ForeignLoad, emit, source_fingerprint
 
 CACHE = "/tmp/hypervisor-bench-cache"
 FORMAT = 2  # bump when the generated store's shape changes, so cached stores are regenerated
@@ -371,12 +371,7 @@ def main() -> None:
         report["src_changed_during_run"] = source_fingerprint() != fingerprint
         report["total_runtime_s"] = time.monotonic() - began
         report["loadavg_1m_at_end"] = os.getloadavg()[0]
-        text = table(report)
-        if args.json:
-            print(text, file=sys.stderr)
-            print(json.dumps(report, indent=2))
-        else:
-            print(text)
+        emit(table(report), report, args.json)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
