@@ -137,22 +137,8 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
     for status in statuses:
         if status not in rules.STATUSES:
             raise click.BadParameter(f"{status!r} is not one of {', '.join(rules.STATUSES)}", param_hint="--status")
-    store = ctx.store
-    if ready:
-        items = ctx.queue.ready(project=project)
-        invalid = store.summaries(refresh=False)[1]
-    else:
-        items, invalid = store.summaries()
-    store.save_index()
-    items = [
-        s
-        for s in items
-        if (not statuses or s["status"] in statuses)
-        and (project is None or s["project"] == project)
-        and (assignee is None or s["assignee"] == assignee)
-    ]
-    if not ready:
-        items.sort(key=lambda s: rules.queue_order(s["priority"], s["created"], s["id"]))
+    items, invalid = ctx.queue.listing(statuses, project=project, assignee=assignee, ready=ready)
+    ctx.store.save_index()
     items = items[:limit]
     _warn_invalid(invalid)
     if as_json:
@@ -174,18 +160,7 @@ def show(task_id, tasks, as_json) -> None:
     """Show one task: its fields, its claim, and its file."""
     ctx = _ctx(tasks)
     summary = ctx.store.find(task_id)
-    claim = ctx.queue.read_claim(task_id)
-    from .timeutil import iso, now
-
-    claim_view = None
-    if claim is not None:
-        claim_view = {
-            "caller": claim.caller,
-            "worker": claim.worker,
-            "lease_expires_at": iso(claim.lease_expires_at),
-            "live": not claim.expired(now()),
-            "attempts": claim.attempts,
-        }
+    claim_view = ctx.queue.claim_view(task_id)
     if as_json:
         fresh, doc = ctx.store.read(summary)
         _emit_json({**fresh, "claim": claim_view, "frontmatter": doc.data, "body": doc.body})

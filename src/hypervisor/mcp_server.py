@@ -9,7 +9,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from . import __version__, rules
+from . import __version__
 from .errors import HypervisorError, NothingToClaim
 from .taskqueue import TaskQueue
 
@@ -68,18 +68,7 @@ def build_server(queue: TaskQueue) -> MCPServer:
         """List tasks in queue order (priority, then created, then id), with their status, project and assignee."""
 
         def run() -> dict:
-            if ready:
-                items = queue.ready(project=project)
-            else:
-                items, _ = queue.store.summaries()
-                items.sort(key=lambda s: rules.queue_order(s["priority"], s["created"], s["id"]))
-            items = [
-                s
-                for s in items
-                if (status is None or s["status"] == status)
-                and (project is None or s["project"] == project)
-                and (assignee is None or s["assignee"] == assignee)
-            ]
+            items, _ = queue.listing([status] if status else (), project=project, assignee=assignee, ready=ready)
             return {"count": len(items), "tasks": items[:limit]}
 
         return call(run)
@@ -90,14 +79,7 @@ def build_server(queue: TaskQueue) -> MCPServer:
 
         def run() -> dict:
             summary, doc = queue.store.read(queue.store.find(id))
-            claim = queue.read_claim(id)
-            from .timeutil import iso, now
-
-            claim_view = None
-            if claim is not None:
-                claim_view = {"caller": claim.caller, "lease_expires_at": iso(claim.lease_expires_at),
-                              "live": not claim.expired(now())}  # fmt: skip
-            return {**summary, "body": doc.body, "claim": claim_view}
+            return {**summary, "body": doc.body, "claim": queue.claim_view(id)}
 
         return call(run)
 

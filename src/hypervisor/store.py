@@ -159,7 +159,7 @@ class TaskStore:
         old = self._entries.get(rel)
         view = self._queue_view
         if (old is not None and "error" not in old[1] and view is not None and view[0] == self._generation
-                and _order_key(old[1]) == _order_key(summary)):  # fmt: skip
+                and order_key(old[1]) == order_key(summary)):  # fmt: skip
             # The queue order is unchanged (the usual case: a claim changes status, not priority): patch the
             # cached views in place instead of rebuilding and re-sorting them after every claim.
             old[1].clear()
@@ -237,7 +237,7 @@ class TaskStore:
         """(valid summaries in queue order, status by id) for the index as it is now; cached until it changes."""
         if self._queue_view is None or self._queue_view[0] != self._generation:
             valid, _ = self.summaries(refresh=False)
-            valid.sort(key=_order_key)
+            valid.sort(key=order_key)
             self._queue_view = (self._generation, valid, {s["id"]: s["status"] for s in valid})
         return self._queue_view[1], self._queue_view[2]
 
@@ -297,5 +297,6 @@ class TaskStore:
             return result
 
 
-def _order_key(summary: dict) -> tuple:
+def order_key(summary: dict) -> tuple:
+    """The queue-order sort key of a task summary."""
     return queue_order(summary["priority"], summary["created"], summary["id"])

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 from . import fsutil, rules, worklog
 from .config import Config
 from .errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError
-from .store import TaskStore
+from .store import TaskStore, order_key
 from .taskfile import TaskDoc
 from .timeutil import humanize, iso, now
 
@@ -478,6 +478,39 @@ class TaskQueue:
             if doc.render() != before:
                 self.store.write(doc)
             return out
+
+    def listing(self, statuses: Iterable[str] = (), project: str | None = None, assignee: str | None = None,
+                ready: bool = False) -> tuple[list[dict], list[dict]]:  # fmt: skip
+        """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
+        if ready:
+            items = self.ready(project=project)
+            invalid = self.store.summaries(refresh=False)[1]
+        else:
+            items, invalid = self.store.summaries()
+        wanted = set(statuses)
+        items = [
+            s
+            for s in items
+            if (not wanted or s["status"] in wanted)
+            and (project is None or s["project"] == project)
+            and (assignee is None or s["assignee"] == assignee)
+        ]
+        if not ready:  # filter first: sorting only what is shown is what keeps `list` fast
+            items.sort(key=order_key)
+        return items, invalid
+
+    def claim_view(self, task_id: str) -> dict | None:
+        """A task's claim record as `show` and get_task present it, or None."""
+        claim = self.read_claim(task_id)
+        if claim is None:
+            return None
+        return {
+            "caller": claim.caller,
+            "worker": claim.worker,
+            "lease_expires_at": iso(claim.lease_expires_at),
+            "live": not claim.expired(now()),
+            "attempts": claim.attempts,
+        }
 
     # -- views --------------------------------------------------------------------------------------------------
     def stats(self, by_project: bool = False) -> dict:
