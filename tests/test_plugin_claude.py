@@ -43,7 +43,7 @@ def test_gemini_extensions_validate(tmp_path):
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"could not install Gemini CLI: {exc}", pytrace=False)
     env = hermetic_env("http://127.0.0.1:9", str(tmp_path), {"GEMINI_CLI_TRUST_WORKSPACE": "true"})
-    result = subprocess.run([gemini, "extensions", "validate", str(REPO)], capture_output=True, text=True, env=env,
+    result = subprocess.run([gemini, "extensions", "validate", str(REPO / "gemini")], capture_output=True, text=True, env=env,
                             timeout=180, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 import re
 import tomllib
 
@@ -18,9 +19,10 @@ from hypervisor.taskqueue import TaskQueue
 
 CLAUDE_PREFIX = f"mcp__plugin_hypervisor_{SERVER_NAME}__"
 GEMINI_PREFIX = f"mcp_{SERVER_NAME}_"
+GEMINI_ROOT = REPO / "gemini"  # its own root: Gemini reads <root>/hooks/hooks.json, which at REPO is Claude's
 TEXT_FILES = sorted(
     [*REPO.glob("prompts/*.md"), *REPO.glob("skills/*/SKILL.md"), *REPO.glob("agents/*.md"),
-     *REPO.glob("commands/**/*.toml"), REPO / "GEMINI.md"]  # fmt: skip
+     *GEMINI_ROOT.glob("commands/**/*.toml"), GEMINI_ROOT / "GEMINI.md"]  # fmt: skip
 )
 
 
@@ -39,7 +41,7 @@ def exposed(tmp_path_factory) -> set[str]:
 def test_the_files_exist():
     names = {p.relative_to(REPO).as_posix() for p in TEXT_FILES}
     assert {"prompts/worker.md", "prompts/gemini-task-worker.md", "skills/hypervisor/SKILL.md",
-            "skills/pull/SKILL.md", "agents/worker.md", "commands/hypervisor/pull.toml"} <= names  # fmt: skip
+            "skills/pull/SKILL.md", "agents/worker.md", "gemini/commands/hypervisor/pull.toml"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -95,7 +97,7 @@ def test_prompts_fix_the_output_format_and_the_rules():
 
 
 def _expand(value: str) -> str:
-    return (value.replace("${CLAUDE_PLUGIN_ROOT}", str(REPO)).replace("${extensionPath}", str(REPO))
+    return (value.replace("${CLAUDE_PLUGIN_ROOT}", str(REPO)).replace("${extensionPath}", str(GEMINI_ROOT))
             .replace("${/}", "/"))  # fmt: skip
 
 
@@ -103,18 +105,44 @@ def test_every_path_a_manifest_names_exists():
     plugin = json.loads((REPO / ".claude-plugin/plugin.json").read_text())
     assert plugin["name"] == "hypervisor" and plugin["version"] and plugin["description"]
     assert isinstance(plugin["author"], dict) and plugin["author"]["name"]
-    for manifest in (".mcp.json", "gemini-extension.json"):
+    for manifest in (".mcp.json", "gemini/gemini-extension.json"):
         data = json.loads((REPO / manifest).read_text())
         server = data["mcpServers"][SERVER_NAME]
         paths = [_expand(arg) for arg in server["args"] if "/" in arg]
         assert paths, manifest
         for path in paths:
             assert (REPO / path).exists(), f"{manifest} names {path}, which does not exist"
-    gemini = json.loads((REPO / "gemini-extension.json").read_text())
+    gemini = json.loads((GEMINI_ROOT / "gemini-extension.json").read_text())
     assert re.fullmatch(r"[a-zA-Z0-9-]+", gemini["name"]) and gemini["version"] == plugin["version"]
-    assert (REPO / gemini["contextFileName"]).exists()
+    assert (GEMINI_ROOT / gemini["contextFileName"]).exists()
     for path in TEXT_FILES:
         for ref in re.findall(r"\$\{CLAUDE_PLUGIN_ROOT\}/([\w./-]+)", path.read_text()):
             assert (REPO / ref).exists(), f"{path} names {ref}, which does not exist"
-    for toml_path in REPO.glob("commands/**/*.toml"):
+    for toml_path in GEMINI_ROOT.glob("commands/**/*.toml"):
         assert tomllib.loads(toml_path.read_text())["prompt"].strip()
+
+
+def _hook_commands(path: Path) -> list[tuple[str, str, dict]]:
+    config = json.loads(path.read_text())
+    return [(event, group.get("matcher", ""), hook) for event, groups in config["hooks"].items()
+            for group in groups for hook in group["hooks"]]  # fmt: skip
+
+
+def test_each_cli_has_its_own_hooks_file_with_its_events_matchers_and_timeout_unit():
+    claude = _hook_commands(REPO / "hooks/hooks.json")
+    gemini = _hook_commands(GEMINI_ROOT / "hooks/hooks.json")
+    assert {event for event, _, _ in claude} == {"PreToolUse", "PostToolUse", "PostToolUseFailure"}
+    assert {event for event, _, _ in gemini} == {"BeforeTool", "AfterTool"}
+    for event, matcher, hook in claude:
+        assert 1 <= hook["timeout"] <= 60, "Claude Code hook timeouts are seconds"
+        assert '"${CLAUDE_PLUGIN_ROOT}/hooks/tool_hook.py"' in hook["command"] and " -S " in hook["command"]
+    for event, matcher, hook in gemini:
+        assert hook["timeout"] >= 1000, "Gemini CLI hook timeouts are milliseconds"
+        assert (REPO / _expand(hook["command"].split('"')[1])).resolve() == REPO / "hooks/tool_hook.py"
+    pre = {matcher for event, matcher, _ in claude + gemini if event in ("PreToolUse", "BeforeTool")}
+    edit_tools = ["Write", "Edit", "NotebookEdit", "write_file", "replace"]
+    other_tools = ["Read", "Bash", "read_file", "run_shell_command", "mcp_task_manager_list_tasks", "WebFetch"]
+    for name in edit_tools:
+        assert any(re.search(m, name) for m in pre), f"{name} starts no gate"
+    for name in other_tools:
+        assert not any(re.search(m, name) for m in pre), f"the gate starts Python for {name} needlessly"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
 
 from . import rules
 from .errors import ConfigError
@@ -14,18 +14,25 @@ GATE_MODES = ("off", "warn", "block", "all")
 KNOWN_KEYS = {"tasks", "gate", "max_attempts", "lease", "triage_rules", "backend"}
 
 
-@dataclass
+# A value the flat reader may take as a plain string: what YAML would read as that same string.
+_PLAIN_STRING = re.compile(r"[A-Za-z/._][A-Za-z0-9/._:@+-]*|[0-9]+[a-z]+")
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", ".inf", ".nan"}
+
+
 class Config:
     """Settings in force; `path` is the .hypervisor.yaml they came from, if any."""
 
-    path: str | None = None
-    tasks: str | None = None
-    gate: str = "block"
-    max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS
-    lease_seconds: float = rules.DEFAULT_LEASE_SECONDS
-    triage_rules: str | None = None
-    backend: str | None = None
-    extra: dict = field(default_factory=dict)
+    def __init__(self, path: str | None = None, tasks: str | None = None, gate: str = "block",
+                 max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS, lease_seconds: float = rules.DEFAULT_LEASE_SECONDS,
+                 triage_rules: str | None = None, backend: str | None = None) -> None:  # fmt: skip
+        self.path = path
+        self.tasks = tasks
+        self.gate = gate
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.triage_rules = triage_rules
+        self.backend = backend
 
 
 def find_config(start: str | None = None) -> str | None:
@@ -46,13 +53,14 @@ def load_config(path: str | None = None, start: str | None = None) -> Config:
     path = path or find_config(start)
     if path is None:
         return Config()
-    import yaml  # only when there is a settings file: keeps every command's start-up light
-
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read settings: {error}") from None
+    data = read_flat(text)
+    if data is None:
+        data = _read_yaml(path, text)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: settings must be a mapping of 'key: value' lines")
     unknown = sorted(set(data) - KNOWN_KEYS)
@@ -76,6 +84,58 @@ def load_config(path: str | None = None, start: str | None = None) -> Config:
         config.triage_rules = os.path.join(base, str(data["triage_rules"]))
     config.backend = data.get("backend")
     return config
+
+
+def read_flat(text: str) -> dict | None:
+    """The settings of a file of plain top-level `key: value` lines, or None if it needs a YAML parser.
+
+    Hooks start with `python -S` (no site-packages, so no PyYAML) and must stay fast; every typical settings file
+    is flat, and anything this reader is unsure of goes to PyYAML, so the two never disagree.
+    """
+    if any(char in text for char in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\ufeff"):
+        return None  # line breaks Python splits on and YAML does not (or a BOM): leave those to PyYAML
+    data: dict = {}
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key.isidentifier() or (value and not value[0] in " \t") or key in data:
+            return None
+        value = value.strip()
+        if " #" in value or "\t#" in value:
+            value = re.split(r"[ \t]+#", value, maxsplit=1)[0]
+        if len(value) >= 2 and value[0] == value[-1] == "'" and "'" not in value[1:-1]:
+            data[key] = value[1:-1]
+        elif len(value) >= 2 and value[0] == value[-1] == '"' and not set('"\\') & set(value[1:-1]):
+            data[key] = value[1:-1]
+        elif _DECIMAL.fullmatch(value):
+            data[key] = int(value)
+        elif _PLAIN_STRING.fullmatch(value) and value.lower() not in _YAML_WORDS and not value.endswith(":"):
+            data[key] = value
+        else:
+            return None
+    return data
+
+
+def _read_yaml(path: str, text: str) -> object:
+    try:
+        import yaml
+    except ImportError:  # started with `python -S` (a hook): look in site-packages only now that a file needs it
+        import site
+
+        site.main()
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(
+                f"{path}: needs a YAML parser and PyYAML is not installed for this Python; "
+                "write the settings as plain 'key: value' lines"
+            ) from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: cannot read settings: {error}") from None
 
 
 def resolve_task_root(cli_value: str | None, config: Config) -> str:

@@ -46,3 +46,7 @@ class NothingToClaim(HypervisorError):
 
 class ConfigError(HypervisorError):
     """The project's .hypervisor.yaml or a triage rules file is unusable."""
+
+
+class HookInputError(HypervisorError):
+    """A hook payload hypervisor cannot read; the hook lets the call through and says why on stderr."""

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import signal
+import time
 from typing import Iterator
 
 FAULT_ENV = "HYPERVISOR_FAULT"
@@ -76,22 +77,37 @@ def read_json(path: str) -> object | None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: str, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive flock on `lock_path` (created, never deleted); yields False if non-blocking and busy.
+def locked(lock_path: str, blocking: bool = True, timeout: float | None = None) -> Iterator[bool]:
+    """Hold an exclusive flock on `lock_path` (created, never deleted); yields False if busy and not waiting.
+
+    `blocking=False` tries once; `timeout` waits at most that many seconds; otherwise it waits as long as it takes.
 
     The kernel drops the lock when its holder dies, even by SIGKILL, so a crash never leaves it held.
     Lock files are never unlinked: unlinking after flock lets two processes lock two different inodes.
     """
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if not _acquire(fd, blocking, timeout):
             yield False
             return
         yield True
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, blocking: bool, timeout: float | None) -> bool:
+    if blocking and timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + (timeout or 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not blocking or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def append_line(path: str, line: str) -> None:

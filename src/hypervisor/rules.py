@@ -76,6 +76,61 @@ def is_status_claimable(status: str) -> bool:
     return status in CLAIMABLE_STATUSES
 
 
+def scope_allows(path: str, scope: Iterable[str]) -> bool:
+    """Whether `path` (relative to the project, '/'-separated) falls inside one of a task's scope globs.
+
+    `*` and `?` stay within one folder, `**` spans folders, `[...]` is a character class; a glob with none of
+    these names a file or a folder and everything below it.
+    """
+    return any(_scope_pattern(glob).match(path) for glob in scope)
+
+
+_SCOPE_CACHE: dict[str, re.Pattern] = {}
+
+
+def _scope_pattern(glob: str) -> re.Pattern:
+    pattern = _SCOPE_CACHE.get(glob)
+    if pattern is None:
+        pattern = _SCOPE_CACHE[glob] = re.compile(_glob_regex(glob) + r"\Z", re.DOTALL)
+    return pattern
+
+
+def _glob_regex(glob: str) -> str:
+    glob = glob.strip()
+    while glob.startswith("./"):
+        glob = glob[2:]
+    if not any(char in glob for char in "*?["):
+        return re.escape(glob.rstrip("/")) + "(?:/.*)?"
+    if glob.endswith("/"):
+        glob += "**"
+    out, i = [], 0
+    while i < len(glob):
+        char = glob[i]
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[" and "]" in glob[i + 2:]:
+            end = glob.index("]", i + 2)
+            body = glob[i + 1:end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return "".join(out)
+
+
 def queue_order(priority: int, created: str | None, task_id: str) -> tuple:
     """The sort key of the ready queue: priority, then created (missing last), then id."""
     return (priority, created is None, created or "", task_id)

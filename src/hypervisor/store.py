@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import fsutil
+from .claims import STATE_DIR, lock_path
 from .errors import TaskFileError, TaskNotFound
 from .rules import check_task_id, queue_order
 from .task import summarize
@@ -18,7 +19,6 @@ from .task import summarize
 if TYPE_CHECKING:
     from .taskfile import TaskDoc
 
-STATE_DIR = ".hypervisor"
 INDEX_VERSION = 1
 
 
@@ -55,7 +55,7 @@ class TaskStore:
 
     def lock_path(self, task_id: str) -> str:
         """The flock file that serialises every change to one task."""
-        return os.path.join(self.state, "locks", check_task_id(task_id) + ".lock")
+        return lock_path(self.state, task_id)
 
     @contextlib.contextmanager
     def task_lock(self, task_id: str) -> Iterator[None]:

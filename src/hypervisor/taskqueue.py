@@ -6,10 +6,10 @@ import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from . import fsutil, rules, worklog
+from . import claims, fsutil, rules, workers, worklog
+from .claims import Claim
 from .config import Config
 from .errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError
 from .store import TaskStore, order_key
@@ -17,35 +17,6 @@ from .taskfile import TaskDoc
 from .timeutil import humanize, iso, now
 
 INDEX_MAX_AGE = 1.0
-
-
-@dataclass
-class Claim:
-    """A live claim as stored in `<state>/claims/<id>.json`."""
-
-    task_id: str
-    token: str
-    caller: str
-    claimed_at: float
-    lease_seconds: float
-    lease_expires_at: float
-    attempts: int
-    path: str
-    status_before: str
-    assignee_before: str | None = None
-    worker: str | None = None
-    previous: dict | None = None
-
-    def expired(self, at: float) -> bool:
-        return self.lease_expires_at <= at
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Claim:
-        fields = cls.__dataclass_fields__
-        return cls(**{key: value for key, value in data.items() if key in fields})
 
 
 class TaskQueue:
@@ -59,15 +30,11 @@ class TaskQueue:
 
     # -- claim records ------------------------------------------------------------------------------------------
     def _claim_path(self, task_id: str) -> str:
-        return os.path.join(self.store.state, "claims", rules.check_task_id(task_id) + ".json")
+        return claims.claim_path(self.store.state, task_id)
 
     def read_claim(self, task_id: str) -> Claim | None:
         """The claim record of a task, live or expired, or None."""
-        try:
-            data = fsutil.read_json(self._claim_path(task_id))
-        except ValueError:
-            return None  # a torn record cannot exist (atomic writes); treat garbage as no claim
-        return Claim.from_json(data) if isinstance(data, dict) else None
+        return claims.read_claim(self.store.state, task_id)
 
     def claim_records(self) -> dict[str, Claim]:
         """Every claim record by task id (live or expired)."""
@@ -112,10 +79,7 @@ class TaskQueue:
         return {task_id: claim for task_id, claim in self.claim_records().items() if not claim.expired(at)}
 
     def _drop_claim(self, task_id: str) -> None:
-        try:
-            os.unlink(self._claim_path(task_id))
-        except FileNotFoundError:
-            pass
+        claims.drop_claim(self.store.state, task_id)
 
     def event(self, kind: str, task_id: str, **fields: object) -> None:
         """Append one transition to events.jsonl."""
@@ -244,8 +208,11 @@ class TaskQueue:
                 status_before=claim.status_before if claim else status,
                 assignee_before=claim.assignee_before if claim else summary["assignee"],
                 previous=previous,
+                scope=summary["scope"],
             )
-            fsutil.atomic_write_json(self._claim_path(task_id), new.to_json())
+            claims.write_claim(self.store.state, new)
+            if claim is not None:
+                workers.drop_journal(self.store.state, task_id, claim.token)
             fsutil.fault_point("claim-recorded")
             doc.set("status", "in_progress")
             doc.set("assignee", caller)
@@ -295,18 +262,10 @@ class TaskQueue:
                 "claim it again before changing it, or pick another task"
             )
         if token:
-            if secrets.compare_digest(token, claim.token):
-                return claim
-            previous = claim.previous or {}
-            if previous.get("token") and secrets.compare_digest(token, previous["token"]):
-                ago = humanize(at - previous["lease_expires_at"])
-                raise ClaimRefused(
-                    f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {task_id}"
-                )
-            raise ClaimRefused(
-                f"claim token does not match the live claim on task {task_id} (held by {claim.caller}); "
-                "use the token your claim returned"
-            )
+            problem = claims.token_problem(claim, token, at)
+            if problem:
+                raise ClaimRefused(problem)
+            return claim
         if caller == claim.caller:
             return claim
         raise ClaimRefused(f"task {task_id} is claimed by {claim.caller}, not by {caller}")
@@ -330,20 +289,11 @@ class TaskQueue:
         def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
             claim.lease_seconds = lease_seconds or claim.lease_seconds
             claim.lease_expires_at = now() + claim.lease_seconds
-            fsutil.atomic_write_json(self._claim_path(task_id), claim.to_json())
+            claims.write_claim(self.store.state, claim)
             self.event("renewed", task_id, caller=claim.caller, lease_expires_at=iso(claim.lease_expires_at))
             return {"id": task_id, "lease_expires_at": iso(claim.lease_expires_at), "caller": claim.caller}
 
         return self._holder_update(task_id, token, caller, apply)
-
-    def bind_worker(self, task_id: str, worker: str, token: str | None = None, caller: str | None = None) -> None:
-        """Record which agent session holds a claim (used by the hooks to recognise it later)."""
-
-        def apply(summary: dict, doc: TaskDoc, claim: Claim) -> None:
-            claim.worker = worker
-            fsutil.atomic_write_json(self._claim_path(task_id), claim.to_json())
-
-        self._holder_update(task_id, token, caller, apply)
 
     def edit(self, task_id: str, change, token: str | None = None, caller: str | None = None) -> object:
         """Apply `change(summary, doc, claim)` to a claimed task's document under its lock (holder only)."""
@@ -372,6 +322,7 @@ class TaskQueue:
                     doc.set("attempts", claim.attempts - 1)
                 doc.set("modified", iso(now()))
             self._drop_claim(task_id)
+            workers.drop_journal(self.store.state, task_id, claim.token)
             attempts = claim.attempts if count_attempt else claim.attempts - 1
             self.event("released", task_id, caller=claim.caller, attempts=attempts, reason=reason)
             return {"id": task_id, "status": doc.data.get("status"), "attempts": attempts}
@@ -406,12 +357,17 @@ class TaskQueue:
             else:
                 doc.set("blocked_reason", " ".join(text.split()))
             doc.set("modified", iso(at))
+            files, calls = workers.journal_summary(self.store.state, task_id, claim.token)
+            log.setdefault("files", files)
+            if calls:
+                log.setdefault("tool_calls", calls + 1)  # the hooks journal each call after it ran: add this one
             entry = worklog.format_entry(
-                at, claim.worker or claim.caller, outcome, text, commit=commit,
+                at, claim.holder(), outcome, text, commit=commit,
                 duration_s=log.pop("duration_s", at - claim.claimed_at), **log,  # type: ignore[arg-type]
             )  # fmt: skip
             doc.append_to_section(worklog.HEADING, entry)
             self._drop_claim(task_id)
+            workers.drop_journal(self.store.state, task_id, claim.token)
             self.event("completed" if outcome == "done" else "blocked", task_id, caller=claim.caller,
                        attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
             return {"id": task_id, "status": outcome, "attempts": claim.attempts, "commit": commit}
@@ -457,7 +413,7 @@ class TaskQueue:
             if priority is not None:
                 doc.set("priority", priority)
             if note:
-                who = (held.worker or held.caller) if held else (caller or "someone")
+                who = held.holder() if held else (caller or "someone")
                 doc.append_to_section("## Notes", f"- {iso(now())} {who}: {' '.join(note.split())}")
             if doc.changed or note:
                 doc.set("modified", iso(now()))

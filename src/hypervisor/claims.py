@@ -1,0 +1,134 @@
+"""Claim records in `<state>/claims/<id>.json` and the per-task lock, usable without the task store (hooks use it)."""
+
+from __future__ import annotations
+
+import os
+
+from . import fsutil
+from .errors import ClaimRefused
+from .rules import check_task_id
+from .timeutil import humanize, now
+
+STATE_DIR = ".hypervisor"
+LOCK_WAIT_SECONDS = 5.0  # a hook gives up on a lock held this long rather than stall the agent
+
+
+def state_dir(task_root: str) -> str:
+    """Where a task root keeps its claims, locks, runs, events and index."""
+    return os.path.join(task_root, STATE_DIR)
+
+
+def claim_path(state: str, task_id: str) -> str:
+    return os.path.join(state, "claims", check_task_id(task_id) + ".json")
+
+
+def lock_path(state: str, task_id: str) -> str:
+    """The flock file that serialises every change to one task: its file, its claim, its journal's end."""
+    return os.path.join(state, "locks", check_task_id(task_id) + ".lock")
+
+
+class Claim:
+    """A claim as stored: who holds the task, under which token, until when, and what it replaced."""
+
+    FIELDS = (
+        "task_id", "token", "caller", "claimed_at", "lease_seconds", "lease_expires_at", "attempts", "path",
+        "status_before", "assignee_before", "worker", "previous", "scope",
+    )  # fmt: skip
+    __slots__ = FIELDS
+
+    def __init__(self, task_id: str, token: str, caller: str, claimed_at: float, lease_seconds: float,
+                 lease_expires_at: float, attempts: int, path: str, status_before: str,
+                 assignee_before: str | None = None, worker: str | None = None, previous: dict | None = None,
+                 scope: list[str] | None = None) -> None:  # fmt: skip
+        self.task_id = task_id
+        self.token = token
+        self.caller = caller
+        self.claimed_at = claimed_at
+        self.lease_seconds = lease_seconds
+        self.lease_expires_at = lease_expires_at
+        self.attempts = attempts
+        self.path = path
+        self.status_before = status_before
+        self.assignee_before = assignee_before
+        self.worker = worker
+        self.previous = previous
+        self.scope = list(scope or [])
+
+    def expired(self, at: float) -> bool:
+        return self.lease_expires_at <= at
+
+    def holder(self) -> str:
+        """How the worker log and refusals name the holder: the caller, and the agent session if known."""
+        return f"{self.caller} ({self.worker})" if self.worker and self.worker != self.caller else self.caller
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Claim:
+        return cls(**{key: value for key, value in data.items() if key in cls.FIELDS})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Claim) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"Claim({self.task_id!r}, caller={self.caller!r}, attempts={self.attempts})"
+
+
+def token_problem(claim: Claim, token: str, at: float) -> str | None:
+    """Why `token` does not hold `claim` (written for a model: what happened, what to do), or None if it does."""
+    if token == claim.token:
+        return None
+    previous = claim.previous or {}
+    if previous.get("token") and token == previous["token"]:
+        ago = humanize(at - previous["lease_expires_at"])
+        return f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id}"
+    return (
+        f"claim token does not match the live claim on task {claim.task_id} (held by {claim.caller}); "
+        "use the token your claim returned"
+    )
+
+
+def read_claim(state: str, task_id: str) -> Claim | None:
+    """The claim record of a task, live or expired, or None."""
+    try:
+        data = fsutil.read_json(claim_path(state, task_id))
+    except ValueError:
+        return None  # a torn record cannot exist (atomic writes); treat garbage as no claim
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Claim.from_json(data)
+    except TypeError:  # a record missing fields is not a claim anyone can hold
+        return None
+
+
+def write_claim(state: str, claim: Claim) -> None:
+    fsutil.atomic_write_json(claim_path(state, claim.task_id), claim.to_json())
+
+
+def drop_claim(state: str, task_id: str) -> None:
+    try:
+        os.unlink(claim_path(state, task_id))
+    except FileNotFoundError:
+        pass
+
+
+def renew_if_held(state: str, task_id: str, token: str, worker: str | None = None) -> Claim | None:
+    """Extend the lease from now if `token` still holds the claim (and note the worker); None if it does not.
+
+    A lease that ran out but was not taken over is renewed: the token is the fence, not the clock.
+    """
+    if not os.path.isdir(os.path.join(state, "locks")):
+        return None
+    with fsutil.locked(lock_path(state, task_id), timeout=LOCK_WAIT_SECONDS) as got:
+        if not got:
+            raise ClaimRefused(f"task {task_id} stayed locked for {LOCK_WAIT_SECONDS:g} s; its lease was not renewed")
+        claim = read_claim(state, task_id)
+        if claim is None or claim.token != token:
+            return None
+        claim.lease_expires_at = now() + claim.lease_seconds
+        if worker and not claim.worker:
+            claim.worker = worker
+        write_claim(state, claim)
+        return claim

@@ -1,0 +1,113 @@
+"""The claim-before-edit gate: may this tool call go ahead, and if not, the reason the model reads."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from . import claims, rules, workers
+from .hookinput import ToolCall
+from .timeutil import now
+
+CLAIM_TOOL = {
+    "claude": "mcp__plugin_hypervisor_task_manager__claim_next_task",
+    "gemini": "mcp_task_manager_claim_next_task",
+}
+
+
+class HookContext:
+    """Where a hook call works: the project folder, the task state folder, and the gate mode in force."""
+
+    __slots__ = ("project_dir", "state", "gate")
+
+    def __init__(self, project_dir: str, state: str, gate: str) -> None:
+        self.project_dir = project_dir
+        self.state = state
+        self.gate = gate
+
+
+class Verdict:
+    """`allow`, `warn` (allowed, with a reason) or `deny` (with a reason)."""
+
+    __slots__ = ("action", "reason")
+
+    def __init__(self, action: str, reason: str = "") -> None:
+        self.action = action
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.action!r}, {self.reason!r})"
+
+
+ALLOW = Verdict("allow")
+
+
+def is_worker(call: ToolCall, env: Mapping[str, str], gate: str) -> bool:
+    """A `hypervisor:worker` subagent, a process started with HYPERVISOR_WORKER=1, or anyone under `gate: all`."""
+    return gate == "all" or call.worker.agent_type == workers.WORKER_AGENT_TYPE or env.get("HYPERVISOR_WORKER") == "1"
+
+
+def held_claim(state: str, call: ToolCall, env: Mapping[str, str]) -> tuple[str, str, bool] | None:
+    """(task_id, token, from_env) of the claim this worker works under: its hook binding, else the supervisor's env."""
+    bound = workers.bound(state, call.worker)
+    if bound is not None:
+        return bound[0], bound[1], False
+    token, task_id = env.get("HYPERVISOR_CLAIM_TOKEN"), env.get("HYPERVISOR_TASK_ID")
+    if token and task_id:
+        return task_id, token, True
+    return None
+
+
+def relative(path: str, project_dir: str) -> str:
+    """`path` relative to the project with '/' separators, or the absolute path if it lies outside."""
+    real = os.path.realpath(path)
+    base = os.path.realpath(project_dir)
+    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(real, base).replace(os.sep, "/")
+    return real
+
+
+def check(call: ToolCall, env: Mapping[str, str], context: HookContext) -> Verdict:
+    """The gate's answer for one pre-tool call."""
+    if not call.is_edit or context.gate == "off" or not is_worker(call, env, context.gate):
+        return ALLOW
+    problem = _problem(call, env, context)
+    if problem is None:
+        return ALLOW
+    return Verdict("warn" if context.gate == "warn" else "deny", "hypervisor: " + problem)
+
+
+def _problem(call: ToolCall, env: Mapping[str, str], context: HookContext) -> str | None:
+    shown = relative(call.paths[0], context.project_dir)
+    held = held_claim(context.state, call, env)
+    if held is None:
+        return (
+            f"{call.worker.label} holds no claim, so it may not edit {shown}. Claim a task first with "
+            f"{CLAIM_TOOL[call.host]}, then make the edit under that claim."
+        )
+    task_id, token, _ = held
+    claim = claims.read_claim(context.state, task_id)
+    if claim is None:
+        return (
+            f"claim lost: your claim on task {task_id} has ended (completed, blocked or released), so you may "
+            f"not edit {shown}. Claim a task again with {CLAIM_TOOL[call.host]} before editing."
+        )
+    lost = claims.token_problem(claim, token, now())
+    if lost:
+        return f"{lost}; the edit of {shown} was refused"
+    state_real = os.path.realpath(context.state)
+    for path in call.paths:
+        real = os.path.realpath(path)
+        if real == state_real or real.startswith(state_real + os.sep):
+            return (
+                f"{shown} is hypervisor's own state; change tasks through the task_manager tools "
+                f"(complete_task, block_task, update_task), never by editing {claims.STATE_DIR}/"
+            )
+        if claim.scope:
+            rel = relative(path, context.project_dir)
+            if os.path.isabs(rel) or not rules.scope_allows(rel, claim.scope):
+                return (
+                    f"{rel} is outside the scope of task {task_id} ({', '.join(claim.scope)}). Edit only files "
+                    "inside that scope; if the task needs more, block it with a reason naming the files."
+                )
+    return None
