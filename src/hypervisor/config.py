@@ -71,6 +71,8 @@ def load_config(path: str | None = None, start: str | None = None) -> Config:
     if data.get("tasks") is not None:
         config.tasks = os.path.join(base, str(data["tasks"]))
     gate = data.get("gate", "block")
+    if gate is False:  # YAML 1.1 reads a bare `off` as false
+        gate = "off"
     if gate not in GATE_MODES:
         raise ConfigError(f"{path}: gate: {gate!r} is not one of {', '.join(GATE_MODES)}")
     config.gate = gate
@@ -100,7 +102,7 @@ def read_flat(text: str) -> dict | None:
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition(":")
-        if not sep or not key.isidentifier() or (value and not value[0] in " \t") or key in data:
+        if not sep or not key.isidentifier() or (value and value[0] != " ") or key in data:
             return None
         value = value.strip()
         if " #" in value or "\t#" in value:
