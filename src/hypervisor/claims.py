@@ -95,12 +95,24 @@ def read_claim(state: str, task_id: str) -> Claim | None:
         data = fsutil.read_json(claim_path(state, task_id))
     except ValueError:
         return None  # a torn record cannot exist (atomic writes); treat garbage as no claim
-    if not isinstance(data, dict):
-        return None
-    try:
-        return Claim.from_json(data)
-    except TypeError:  # a record missing fields is not a claim anyone can hold
-        return None
+    if not isinstance(data, dict) or not _well_formed(data):
+        return None  # a damaged record is no claim: its holder is refused, and the task can be claimed again
+    return Claim.from_json(data)
+
+
+def _well_formed(data: dict) -> bool:
+    number = (int, float)
+    previous = data.get("previous")
+    scope = data.get("scope", [])
+    return (
+        all(isinstance(data.get(name), str) for name in ("task_id", "token", "caller", "path", "status_before"))
+        and all(isinstance(data.get(name), number) and not isinstance(data.get(name), bool)
+                for name in ("claimed_at", "lease_seconds", "lease_expires_at", "attempts"))
+        and (previous is None or (isinstance(previous, dict) and isinstance(previous.get("token", ""), str)
+                                  and isinstance(previous.get("lease_expires_at", 0), number)))
+        and isinstance(scope, list) and all(isinstance(glob, str) for glob in scope)
+        and all(isinstance(data.get(name), (str, type(None))) for name in ("assignee_before", "worker"))
+    )  # fmt: skip
 
 
 def write_claim(state: str, claim: Claim) -> None:

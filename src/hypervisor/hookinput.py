@@ -62,7 +62,7 @@ class ToolCall:
             return None
         try:
             value = json.loads(response[start:end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return value if isinstance(value, dict) else None
 
@@ -81,6 +81,8 @@ def parse(raw: bytes | str, env: Mapping[str, str]) -> ToolCall:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise HookInputError(f"stdin is not JSON ({error})") from None
+    except RecursionError:
+        raise HookInputError("stdin is JSON nested too deeply to read") from None
     if not isinstance(payload, dict):
         raise HookInputError(f"stdin is JSON {type(payload).__name__}, not an object")
     event = _text(payload, "hook_event_name", required=True)
@@ -103,8 +105,8 @@ def parse(raw: bytes | str, env: Mapping[str, str]) -> ToolCall:
     if tool in EDIT_TOOLS:
         path = tool_input.get(EDIT_TOOLS[tool])
         if not isinstance(path, str) or not path or "\0" in path:
-            raise HookInputError(f"{raw_tool}: tool_input.{EDIT_TOOLS[tool]} is {path!r}, not a file path")
-        paths = (os.path.normpath(os.path.join(cwd, path)),)  # Gemini sends paths relative to the session cwd
+            raise HookInputError(f"{raw_tool}: tool_input.{EDIT_TOOLS[tool]} is {_short(path)}, not a file path")
+        paths = (os.path.normpath(os.path.join(cwd, _encodable(path))),)  # Gemini sends paths relative to the session cwd
     response = payload.get("tool_response")
     failed = event == "PostToolUseFailure" or (isinstance(response, dict) and bool(response.get("error")))
     worker = Worker(
@@ -123,7 +125,18 @@ def _text(payload: dict, key: str, required: bool = False) -> str:
         return ""
     if not isinstance(value, str) or (required and not value) or "\0" in value:
         raise HookInputError(f"{key} is {_short(value)}, not a string")
-    return value
+    return _encodable(value)
+
+
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates (legal in JSON, not in a file name) replaced by U+FFFD, as Node writes them."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _short(value: object) -> str:
@@ -134,6 +147,8 @@ def _short(value: object) -> str:
 def _mcp_name(payload: dict, tool_name: str, host: str) -> tuple[str | None, str | None]:
     """(server, tool) of an MCP call, or (None, None); both CLIs' spellings, preferring their structured fields."""
     if host == "gemini":
+        if tool_name in GEMINI_TOOLS:
+            return None, None  # a built-in tool is never an MCP call, whatever else the payload says
         context = payload.get("mcp_context")
         if isinstance(context, dict) and isinstance(context.get("server_name"), str) \
                 and isinstance(context.get("tool_name"), str):  # fmt: skip

@@ -61,10 +61,17 @@ def run(stdin, stdout: TextIO, stderr: TextIO, env: Mapping[str, str]) -> int:
         else:
             tracker.track(call, env, context)
     except HypervisorError as error:
-        stderr.write(f"hypervisor hook: {error}; the call goes ahead unchecked\n")
+        stderr.write(f"hypervisor hook: {_one_line(error)}; the call goes ahead unchecked\n")
+    except OSError as error:
+        stderr.write(f"hypervisor hook: cannot use the task state: {_one_line(error)}; the call goes ahead unchecked\n")
     except Exception as error:  # noqa: BLE001 - a hook must never break the agent's session
-        stderr.write(f"hypervisor hook: internal error {type(error).__name__}: {error}; the call goes ahead unchecked\n")
+        stderr.write(f"hypervisor hook: internal error {type(error).__name__}: {_one_line(error)}; "
+                     "the call goes ahead unchecked\n")
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def main() -> int:

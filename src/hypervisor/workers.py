@@ -7,7 +7,7 @@ import json
 import os
 
 from . import fsutil
-from .rules import check_task_id
+from .rules import TASK_ID_RE, check_task_id
 from .timeutil import iso, now
 
 WORKER_AGENT_TYPE = "hypervisor:worker"
@@ -64,9 +64,9 @@ def bound(state: str, worker: Worker) -> tuple[str, str] | None:
     if not isinstance(record, dict):
         return None
     task_id, token = record.get("task_id"), record.get("token")
-    if isinstance(task_id, str) and isinstance(token, str):
+    if isinstance(task_id, str) and TASK_ID_RE.match(task_id) and ".." not in task_id and isinstance(token, str):
         return task_id, token
-    return None
+    return None  # a damaged binding binds nothing: the worker must claim again
 
 
 def unbind(state: str, worker: Worker) -> None:
