@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, write_task
-from hypervisor import claims, workers
+from hypervisor import claims, lightjson, workers
 from hypervisor.config import read_flat
 from hypervisor.hookinput import parse
 from hypervisor.hooks import run
+from hypervisor.rules import TASK_ID_PATTERN, is_task_id, scope_allows
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
 
@@ -348,10 +350,28 @@ def test_the_hook_modules_import_only_the_light_core(flags, project):
     loaded = sorted(m for m in modules if m.split(".")[0] in BANNED)
     assert not loaded, f"the hook imported {loaded}"
     ours = {m for m in modules if m.startswith("hypervisor.")}
-    assert ours <= {"hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker",
+    assert ours <= {"hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker", "hypervisor.lightjson",
                     "hypervisor.workers", "hypervisor.claims", "hypervisor.config", "hypervisor.rules",
                     "hypervisor.errors", "hypervisor.fsutil", "hypervisor.timeutil"}, ours  # fmt: skip
     assert workers.journal_summary(project.state, "t1", claimed["claim_token"])[1] == 2, "the calls did run"
+
+
+def test_the_gate_path_loads_no_slow_standard_modules(project):
+    """What keeps a gate call near a bare interpreter's start (bench/hooks.py): no re, json, typing, datetime."""
+    (project.path / ".hypervisor.yaml").write_text("tasks: tasks\ngate: block\nlease: 30m\n")
+    project.claim_as_worker("t1")
+    code = (
+        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks import run;"
+        "out = io.StringIO(); run(sys.stdin.buffer, out, sys.stderr, os.environ); print(out.getvalue());"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    for payload, denied in ((project.write("models/orders/a.sql"), False), (project.write("docs/a.md"), True)):
+        result = subprocess.run([sys.executable, "-S", "-c", code, str(REPO / "src")], input=json.dumps(payload),
+                                capture_output=True, text=True, env={**os.environ, **project.env}, timeout=60)  # fmt: skip
+        verdict, modules = result.stdout.rstrip("\n").rsplit("\n", 1)
+        assert ("outside the scope" in verdict) == denied, result.stdout + result.stderr
+        slow = {"re", "json", "typing", "datetime", "hashlib", "tempfile", "dataclasses"} & set(modules.split())
+        assert not slow, f"the gate imported {sorted(slow)}"
 
 
 # -- the flat settings reader agrees with PyYAML ---------------------------------------------------------------------
@@ -377,3 +397,46 @@ def test_the_flat_settings_reader_never_disagrees_with_pyyaml(lines, newline, co
         assert flat is None, text
         return
     assert flat is None or flat == expected, text
+
+
+# -- the re-free rules the hooks use agree with their regular-expression definitions ----------------------------------
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(alphabet="aZ09._-/é \n", max_size=8), st.text(max_size=130), st.from_regex(TASK_ID_PATTERN)))
+def test_is_task_id_is_the_pattern_without_dots_dots(value):
+    assert is_task_id(value) == bool(re.fullmatch(TASK_ID_PATTERN.rstrip("$").lstrip("^"), value) and ".." not in value)
+
+
+def _glob_oracle(glob: str, path: str) -> bool:
+    """The scope rule written with regular expressions, as a reference for the hooks' re-free matcher."""
+    if not any(char in glob for char in "*?["):
+        return path == glob.rstrip("/") or path.startswith(glob.rstrip("/") + "/")
+    parts = glob.split("/")
+    regex = ""
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part == "**":
+            regex += ".+" if last else "(?:.*/)?"
+            continue
+        regex += "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
+        regex += "" if last else "/"
+    return re.fullmatch(regex, path, re.DOTALL) is not None
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "ab", "*", "?", "a*", "*b", "**", "a?b"]), min_size=1, max_size=4),
+       st.lists(st.sampled_from(["a", "b", "ab", "aab", "ba", "x.py"]), min_size=1, max_size=5))  # fmt: skip
+def test_scope_globs_match_like_their_regular_expressions(glob_parts, path_parts):
+    glob, path = "/".join(glob_parts), "/".join(path_parts)
+    assert scope_allows(path, [glob]) == _glob_oracle(glob, path), (glob, path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                    max_leaves=20))  # fmt: skip
+def test_lightjson_reads_and_writes_what_json_does(value):
+    text = json.dumps(value)
+    assert lightjson.dumps(value) == text
+    assert lightjson.loads(text) == json.loads(text) and lightjson.loads(text.encode()) == json.loads(text)
+    with pytest.raises(ValueError):
+        lightjson.loads(text + " x")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 from . import rules
 from .errors import ConfigError
@@ -14,9 +13,12 @@ GATE_MODES = ("off", "warn", "block", "all")
 KNOWN_KEYS = {"tasks", "gate", "max_attempts", "lease", "triage_rules", "backend"}
 
 
-# A value the flat reader may take as a plain string: what YAML would read as that same string.
-_PLAIN_STRING = re.compile(r"[A-Za-z/._][A-Za-z0-9/._:@+-]*|[0-9]+[a-z]+")
-_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+# What the flat reader takes as a plain string (YAML reads these characters as that same string), without `re`:
+# the hooks read settings on every call.
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_DIGITS = frozenset("0123456789")
+_PLAIN_FIRST = _ASCII_LETTERS | frozenset("/._")
+_PLAIN_REST = _ASCII_LETTERS | _DIGITS | frozenset("/._:@+-")
 _YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", ".inf", ".nan"}
 
 
@@ -104,20 +106,31 @@ def read_flat(text: str) -> dict | None:
         key, sep, value = line.partition(":")
         if not sep or not key.isidentifier() or (value and value[0] != " ") or key in data:
             return None
-        value = value.strip()
-        if " #" in value or "\t#" in value:
-            value = re.split(r"[ \t]+#", value, maxsplit=1)[0]
+        value = _without_comment(value.strip())
         if len(value) >= 2 and value[0] == value[-1] == "'" and "'" not in value[1:-1]:
             data[key] = value[1:-1]
         elif len(value) >= 2 and value[0] == value[-1] == '"' and not set('"\\') & set(value[1:-1]):
             data[key] = value[1:-1]
-        elif _DECIMAL.fullmatch(value):
+        elif value and set(value) <= _DIGITS and (value == "0" or value[0] != "0"):
             data[key] = int(value)
-        elif _PLAIN_STRING.fullmatch(value) and value.lower() not in _YAML_WORDS and not value.endswith(":"):
+        elif _is_plain_string(value) and value.lower() not in _YAML_WORDS and not value.endswith(":"):
             data[key] = value
         else:
             return None
     return data
+
+
+def _without_comment(value: str) -> str:
+    """`value` without a trailing ` # comment` (a # after a space or tab starts a comment in YAML)."""
+    cut = min((index for index in (value.find(" #"), value.find("\t#")) if index >= 0), default=-1)
+    return value[:cut].rstrip(" \t") if cut >= 0 else value
+
+
+def _is_plain_string(value: str) -> bool:
+    if value[:1] in _PLAIN_FIRST and set(value[1:]) <= _PLAIN_REST:
+        return True
+    letters = value.lstrip("0123456789")  # or digits then lowercase letters: 30m, 2h
+    return letters != value and bool(letters) and letters.isascii() and letters.isalpha() and letters.islower()
 
 
 def _read_yaml(path: str, text: str) -> object:

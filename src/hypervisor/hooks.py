@@ -6,16 +6,18 @@ every tool call, so its start-up time is the agent's time.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Mapping, TextIO
 
-from . import gate, tracker
+from . import gate, lightjson, tracker
 from .claims import state_dir
 from .config import load_config
 from .errors import HypervisorError
 from .hookinput import ToolCall, parse, read_payload
+
+TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
+if TYPE_CHECKING:
+    from typing import Mapping, TextIO
 
 
 def context_for(call: ToolCall, env: Mapping[str, str]) -> gate.HookContext:
@@ -57,7 +59,7 @@ def run(stdin, stdout: TextIO, stderr: TextIO, env: Mapping[str, str]) -> int:
                 stderr.write(verdict.reason + "\n")
             output = answer(call, verdict)
             if output is not None:
-                stdout.write(json.dumps(output) + "\n")
+                stdout.write(lightjson.dumps(output) + "\n")
         else:
             tracker.track(call, env, context)
     except HypervisorError as error:

@@ -22,7 +22,7 @@ def task_schema() -> dict:
         "title": "hypervisor task frontmatter",
         "type": "object",
         "properties": {
-            "id": {"type": "string", "pattern": rules.TASK_ID_RE.pattern.replace("\\Z", "$"), "not": {"pattern": r"\.\."}},
+            "id": {"type": "string", "pattern": rules.TASK_ID_PATTERN, "not": {"pattern": r"\.\."}},
             "title": {"type": "string", "minLength": 1},
             "status": {"enum": list(rules.STATUSES)},
             "priority": {"type": "integer", "minimum": min(rules.PRIORITIES), "maximum": max(rules.PRIORITIES)},

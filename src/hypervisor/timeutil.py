@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import datetime, timezone
 
 from .errors import UsageError
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?\Z")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def now() -> float:
@@ -18,11 +16,13 @@ def now() -> float:
 
 def iso(ts: float) -> str:
     """UTC ISO-8601 with seconds, e.g. 2026-11-22T10:04:05Z."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def parse_iso(text: str) -> float:
     """Seconds since the epoch for an ISO-8601 timestamp as `iso` writes it (other offsets accepted)."""
+    from datetime import datetime  # the hooks never parse timestamps: keep datetime off their start-up
+
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
@@ -31,16 +31,36 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
-        match = _DURATION.match(str(text).strip().lower())
-        if not match or not any(match.groups()):
+        seconds = _duration_seconds(str(text).strip().lower())
+        if seconds is None:
             msg = f"{what} {text!r} is not a duration: write e.g. 90s, 30m, 2h or 1h30m"
             raise UsageError(msg)
-        hours, minutes, secs = (float(group or 0) for group in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
     if seconds <= 0:
         msg = f"{what} {text!r} must be longer than zero"
         raise UsageError(msg)
     return seconds
+
+
+def _duration_seconds(text: str) -> float | None:
+    """Seconds in `[N h][N m][N[s]]` (N a decimal number, units in that order), or None."""
+    total, number, used = 0.0, "", ""
+    for char in text + "$":
+        if char in "0123456789.":
+            number += char
+            continue
+        unit = "s" if char == "$" and number and "s" not in used else char
+        if char == "$" and not number:
+            break
+        if unit not in _UNITS or not _is_decimal(number) or (used and "hms".index(unit) <= "hms".index(used[-1])):
+            return None
+        total += float(number) * _UNITS[unit]
+        number, used = "", used + unit
+    return total if used else None
+
+
+def _is_decimal(number: str) -> bool:
+    whole, _, fraction = number.partition(".")
+    return whole.isdigit() and (fraction.isdigit() or "." not in number)
 
 
 def humanize(seconds: float) -> str:

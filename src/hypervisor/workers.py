@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
-from . import fsutil
-from .rules import TASK_ID_RE, check_task_id
+from . import fsutil, lightjson
+from .rules import check_task_id, is_task_id
 from .timeutil import iso, now
 
 WORKER_AGENT_TYPE = "hypervisor:worker"
@@ -25,8 +23,13 @@ class Worker:
 
     @property
     def key(self) -> str:
-        """A file-name-safe key; session and agent ids come from the host CLI and are not trusted as names."""
-        return hashlib.sha256(f"{self.session_id}\0{self.agent_id}".encode()).hexdigest()[:32]
+        """A file-name-safe key: the ids come from the host CLI and are not trusted as names, so hex-encode them."""
+        key = f"{self.session_id}\0{self.agent_id}".encode().hex()
+        if len(key) > 200:  # ids longer than a file name allows: a digest instead
+            import hashlib
+
+            key = "sha256-" + hashlib.sha256(key.encode()).hexdigest()
+        return key
 
     @property
     def label(self) -> str:
@@ -64,7 +67,7 @@ def bound(state: str, worker: Worker) -> tuple[str, str] | None:
     if not isinstance(record, dict):
         return None
     task_id, token = record.get("task_id"), record.get("token")
-    if isinstance(task_id, str) and TASK_ID_RE.match(task_id) and ".." not in task_id and isinstance(token, str):
+    if is_task_id(task_id) and isinstance(token, str):
         return task_id, token
     return None  # a damaged binding binds nothing: the worker must claim again
 
@@ -85,7 +88,7 @@ def record_call(state: str, task_id: str, token: str, tool: str, files: list[str
     """Append one tool call of the claim holder (and the files it edited) to the claim's journal."""
     os.makedirs(os.path.join(state, "journal"), exist_ok=True)
     entry = {"ts": iso(now()), "tool": tool, "files": files, "failed": failed}
-    fsutil.append_line(_journal_path(state, task_id, token), json.dumps(entry))
+    fsutil.append_line(_journal_path(state, task_id, token), lightjson.dumps(entry))
 
 
 def journal_summary(state: str, task_id: str, token: str) -> tuple[list[str], int]:
@@ -96,8 +99,8 @@ def journal_summary(state: str, task_id: str, token: str) -> tuple[list[str], in
         with open(_journal_path(state, task_id, token), encoding="utf-8") as handle:
             for line in handle:
                 try:
-                    entry = json.loads(line)
-                except ValueError:
+                    entry = lightjson.loads(line)
+                except (ValueError, RecursionError):
                     continue  # a line cut short by a crash mid-append: the rest of the journal still counts
                 calls += 1
                 if isinstance(entry, dict) and not entry.get("failed"):
