@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 refused (the text says why), 2 usage error, 3 nothing to cla
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
