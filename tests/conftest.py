@@ -12,6 +12,7 @@ import yaml
 
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
+from npm_tools import CLAUDE_CODE_VERSION, GEMINI_CLI_VERSION, cli_version, ensure_claude, ensure_gemini
 
 REPO = Path(__file__).resolve().parent.parent
 HYPERVISOR = [sys.executable, "-m", "hypervisor"]
@@ -48,3 +49,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check:
     if check is not None:
         assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
     return result
+
+
+def _pinned_cli(ensure, name: str, version: str) -> str:
+    try:
+        exe = ensure()
+        found = cli_version(exe)
+    except Exception as exc:  # noqa: BLE001 - report any install problem as a failure
+        pytest.fail(f"could not install/run {name} {version}: {exc}", pytrace=False)
+    assert found.startswith(version), found
+    return exe
+
+
+@pytest.fixture(scope="session")
+def claude() -> str:
+    """The pinned claude binary; installing it is part of the test (failure = test error, never a skip)."""
+    return _pinned_cli(ensure_claude, "Claude Code", CLAUDE_CODE_VERSION)
+
+
+@pytest.fixture(scope="session")
+def gemini() -> str:
+    """The pinned gemini binary; installing it is part of the test (failure = test error, never a skip)."""
+    return _pinned_cli(ensure_gemini, "Gemini CLI", GEMINI_CLI_VERSION)

@@ -41,9 +41,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Union
 from urllib.parse import parse_qs, urlparse
+
+from loopback import LoopbackServer, chunks, count_tokens
 
 # ---------------------------------------------------------------------------------------------------------- steps
 
@@ -253,7 +255,7 @@ CLASSIFIER_REPLY = {"complexity_reasoning": "x", "complexity_score": 1}
 GENERATE_ACTIONS = ("generateContent", "streamGenerateContent")
 
 
-class FakeGemini:
+class FakeGemini(LoopbackServer):
     """A scripted Gemini-API server on 127.0.0.1:<free port>; use as a context manager."""
 
     def __init__(
@@ -275,40 +277,13 @@ class FakeGemini:
         self._steps = {lane.name: list(lane.steps) for lane in self.lanes}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
-    def start(self) -> "FakeGemini":
-        self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-gemini", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "fake-gemini"
 
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "FakeGemini":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd, "server not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """The value for GOOGLE_GEMINI_BASE_URL."""
-        return f"http://127.0.0.1:{self.port}"
+    def handler(self):
+        return _make_handler(self)
 
     # -- what was asked
 
@@ -429,7 +404,7 @@ class FakeGemini:
         parts = list(candidate["content"]["parts"])
         events: list[dict] = []
         if parts and "text" in parts[0]:
-            pieces = _chunks(parts[0]["text"], self.chunk_size)
+            pieces = chunks(parts[0]["text"], self.chunk_size)
             for piece in pieces[:-1]:
                 chunk = {"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0}
                 events.append({"candidates": [chunk], "modelVersion": response["modelVersion"],
@@ -437,20 +412,6 @@ class FakeGemini:
             parts[0] = {"text": pieces[-1]}
         events.append(dict(response, candidates=[dict(candidate, content={"role": "model", "parts": parts})]))
         return b"".join(f"data: {json.dumps(event)}\r\n\r\n".encode() for event in events)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:  # clients that hang up (timeouts, kills) are normal
-        pass
-
-
-def count_tokens(body: Any) -> int:
-    """A rough, deterministic token count (4 characters a token)."""
-    return max(1, len(json.dumps(body)) // 4)
-
-
-def _chunks(value: str, size: int) -> list[str]:
-    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
 
 
 def _sample(schema: Any) -> Any:

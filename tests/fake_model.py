@@ -44,9 +44,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Union
 from urllib.parse import urlparse
+
+from loopback import LoopbackServer, chunks, count_tokens
 
 # ---------------------------------------------------------------------------------------------------------- steps
 
@@ -264,7 +266,7 @@ class Record:
 SIDE_REPLY = "ok"
 
 
-class FakeModel:
+class FakeModel(LoopbackServer):
     """A scripted Messages-API server on 127.0.0.1:<free port>; use as a context manager."""
 
     def __init__(
@@ -288,41 +290,17 @@ class FakeModel:
         self._plans = {lane.name: lane.plan() for lane in self.lanes}
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
-    def start(self) -> "FakeModel":
-        handler = _make_handler(self)
-        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-model", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "fake-model"
+
+    def handler(self):
+        return _make_handler(self)
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "FakeModel":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd, "server not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().stop()
 
     # -- what was asked
 
@@ -442,13 +420,13 @@ class FakeModel:
             if block["type"] == "text":
                 events.append(("content_block_start", {"type": "content_block_start", "index": index,
                                                        "content_block": {"type": "text", "text": ""}}))  # fmt: skip
-                for chunk in _chunks(block["text"], self.chunk_size):
+                for chunk in chunks(block["text"], self.chunk_size):
                     events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
                                                            "delta": {"type": "text_delta", "text": chunk}}))  # fmt: skip
             else:
                 events.append(("content_block_start", {"type": "content_block_start", "index": index,
                     "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}))  # fmt: skip
-                for chunk in _chunks(json.dumps(block["input"]), self.chunk_size):
+                for chunk in chunks(json.dumps(block["input"]), self.chunk_size):
                     events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
                                                            "delta": {"type": "input_json_delta", "partial_json": chunk}}))  # fmt: skip
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
@@ -459,26 +437,12 @@ class FakeModel:
         return b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:  # clients that hang up (timeouts, kills) are normal
-        pass
-
-
 def _client_closed(sock: socket.socket) -> bool:
     try:
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
-
-
-def count_tokens(body: Any) -> int:
-    """A rough, deterministic token count (4 characters a token)."""
-    return max(1, len(json.dumps(body)) // 4)
-
-
-def _chunks(value: str, size: int) -> list[str]:
-    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
 
 
 def _normalise(script) -> list[Lane]:

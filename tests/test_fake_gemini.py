@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from fake_gemini import (
     FakeGemini,
@@ -32,7 +31,6 @@ from fake_gemini import (
     tool_names,
 )
 from gemini_cli import run_gemini
-from npm_tools import GEMINI_CLI_VERSION, cli_version, ensure_gemini
 
 EXTENSION = "tgext"  # extension names may not contain underscores
 SERVER = "probe"  # nor should MCP server names: mcp_<server>_<tool> is split at the first "_"
@@ -71,18 +69,6 @@ sys.stdout.write(reply)
 '''
 
 BLOCK_REASON = "writes are frozen by the test hook"
-
-
-@pytest.fixture(scope="module")
-def gemini() -> str:
-    """The pinned gemini binary; installing it is part of the test (failure = test error, never a skip)."""
-    try:
-        exe = ensure_gemini()
-        version = cli_version(exe)
-    except Exception as exc:  # noqa: BLE001 - report any install problem as a failure
-        pytest.fail(f"could not install/run Gemini CLI {GEMINI_CLI_VERSION}: {exc}", pytrace=False)
-    assert version.startswith(GEMINI_CLI_VERSION), version
-    return exe
 
 
 def make_extension(root: Path, *, mcp: bool = False, hooks: dict[str, tuple[str, dict]] | None = None) -> Path:

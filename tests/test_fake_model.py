@@ -32,7 +32,6 @@ from fake_model import (
     tool_use,
     tool_uses,
 )
-from npm_tools import CLAUDE_CODE_VERSION, cli_version, ensure_claude
 
 PLUGIN = "tplug"
 ECHO = f"mcp__plugin_{PLUGIN}_tasks__echo"
@@ -67,18 +66,6 @@ model: inherit
 ---
 WORKER-AGENT-BODY You are a worker. Do what the task says.
 """
-
-
-@pytest.fixture(scope="module")
-def claude() -> str:
-    """The pinned claude binary; installing it is part of the test (failure = test error, never a skip)."""
-    try:
-        exe = ensure_claude()
-        version = cli_version(exe)
-    except Exception as exc:  # noqa: BLE001 - report any install problem as a failure
-        pytest.fail(f"could not install/run Claude Code {CLAUDE_CODE_VERSION}: {exc}", pytrace=False)
-    assert version.startswith(CLAUDE_CODE_VERSION), version
-    return exe
 
 
 def make_plugin(root: Path, *, always_load: bool = False, agent: bool = False) -> tuple[Path, Path]:

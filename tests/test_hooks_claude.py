@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from claude_cli import run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, Lane, last_tool_result, text, tool_results, tool_use
-from npm_tools import ensure_claude
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 MARKER = "TASK-ID: t1\n"
-
-
-@pytest.fixture(scope="module")
-def claude() -> str:
-    try:
-        return ensure_claude()
-    except Exception as exc:  # noqa: BLE001 - an install problem is a failure here, never a skip
-        pytest.fail(f"could not install Claude Code: {exc}", pytrace=False)
 
 
 def claim_token(request: dict) -> str:

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from conftest import REPO, write_task
 from fake_gemini import FakeGemini, call, function_responses, response_text, text
 from gemini_cli import run_gemini
-from npm_tools import ensure_gemini
 
 CLAIM = "mcp_task_manager_claim_next_task"
-
-
-@pytest.fixture(scope="module")
-def gemini() -> str:
-    try:
-        return ensure_gemini()
-    except Exception as exc:  # noqa: BLE001 - an install problem is a failure here, never a skip
-        pytest.fail(f"could not install Gemini CLI: {exc}", pytrace=False)
 
 
 def claimed_task(request: dict) -> dict:

@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from claude_cli import hermetic_env, run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, last_tool_result, last_tool_result_json, text, tool_names, tool_results, tool_use
 from hypervisor import taskfile
 from hypervisor.mcp_server import TOOL_NAMES
-from npm_tools import ensure_claude, ensure_gemini
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
-
-
-@pytest.fixture(scope="module")
-def claude() -> str:
-    try:
-        return ensure_claude()
-    except Exception as exc:  # noqa: BLE001 - an install problem is a failure here, never a skip
-        pytest.fail(f"could not install Claude Code: {exc}", pytrace=False)
 
 
 def test_claude_plugin_validate_strict_has_no_warnings(claude, tmp_path):
@@ -37,11 +26,7 @@ def test_claude_plugin_validate_strict_has_no_warnings(claude, tmp_path):
         assert provided in output, (provided, output)
 
 
-def test_gemini_extensions_validate(tmp_path):
-    try:
-        gemini = ensure_gemini()
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"could not install Gemini CLI: {exc}", pytrace=False)
+def test_gemini_extensions_validate(gemini, tmp_path):
     env = hermetic_env("http://127.0.0.1:9", str(tmp_path), {"GEMINI_CLI_TRUST_WORKSPACE": "true"})
     result = subprocess.run([gemini, "extensions", "validate", str(REPO / "gemini")], capture_output=True, text=True, env=env,
                             timeout=180, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
