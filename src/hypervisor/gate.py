@@ -63,11 +63,17 @@ def held_claim(state: str, call: ToolCall, env: Mapping[str, str]) -> tuple[str,
 
 def relative(path: str, project_dir: str) -> str:
     """`path` relative to the project with '/' separators, or the absolute path if it lies outside."""
-    real = os.path.realpath(path)
-    base = os.path.realpath(project_dir)
-    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
-        return os.path.relpath(real, base).replace(os.sep, "/")
+    return _relative(os.path.realpath(path), os.path.realpath(project_dir))
+
+
+def _relative(real: str, real_base: str) -> str:
+    if _within(real, real_base):
+        return os.path.relpath(real, real_base).replace(os.sep, "/")
     return real
+
+
+def _within(real: str, real_base: str) -> bool:
+    return real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
 
 
 def check(call: ToolCall, env: Mapping[str, str], context: HookContext) -> Verdict:
@@ -81,7 +87,9 @@ def check(call: ToolCall, env: Mapping[str, str], context: HookContext) -> Verdi
 
 
 def _problem(call: ToolCall, env: Mapping[str, str], context: HookContext) -> str | None:
-    shown = relative(call.paths[0], context.project_dir)
+    reals = [os.path.realpath(path) for path in call.paths]
+    project = os.path.realpath(context.project_dir)
+    shown = _relative(reals[0], project)
     held = held_claim(context.state, call, env)
     if held is None:
         return (
@@ -98,16 +106,15 @@ def _problem(call: ToolCall, env: Mapping[str, str], context: HookContext) -> st
     lost = claims.token_problem(claim, token, now())
     if lost:
         return f"{lost}; the edit of {shown} was refused"
-    state_real = os.path.realpath(context.state)
-    for path in call.paths:
-        real = os.path.realpath(path)
-        if real == state_real or real.startswith(state_real + os.sep):
+    state = os.path.realpath(context.state)
+    for real in reals:
+        if _within(real, state):
             return (
                 f"{shown} is hypervisor's own state; change tasks through the task_manager tools "
                 f"(complete_task, block_task, update_task), never by editing {claims.STATE_DIR}/"
             )
         if claim.scope:
-            rel = relative(path, context.project_dir)
+            rel = _relative(real, project)
             if os.path.isabs(rel) or not rules.scope_allows(rel, claim.scope):
                 return (
                     f"{rel} is outside the scope of task {task_id} ({', '.join(claim.scope)}). Edit only files "

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import fsutil
-from .claims import STATE_DIR, lock_path
+from .claims import lock_path, state_dir
 from .errors import TaskFileError, TaskNotFound
 from .rules import check_task_id, queue_order
 from .task import summarize
@@ -28,7 +28,7 @@ class TaskStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.real_root = os.path.realpath(self.root)
-        self.state = os.path.join(self.root, STATE_DIR)
+        self.state = state_dir(self.root)
         self._entries: dict[str, list] = {}
         self._loaded = False
         self._dirty = False
