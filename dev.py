@@ -51,25 +51,16 @@ def setup() -> None:
 
 
 def demo() -> None:
-    """The main job: the batch triage over a fresh copy of examples/tasks, then the store's stats."""
+    """The main job: a supervisor run with the built-in triage agent over a fresh copy of examples/tasks."""
     work = os.path.join(ROOT, "build", "demo")
     shutil.rmtree(work, ignore_errors=True)
     tasks = os.path.join(work, "tasks")
     shutil.copytree(os.path.join(ROOT, "examples", "tasks"), tasks)
-    paths = sorted(
-        os.path.relpath(os.path.join(folder, name), work)
-        for folder, _, names in os.walk(tasks)
-        for name in names
-        if name.endswith(".md")
-    )
-    with open(os.path.join(work, "queue.txt"), "w") as handle:
-        handle.write("\n".join(paths) + "\n")
-    say(f"{len(paths)} tasks copied to {tasks}; triaging them with scripts/batch_worker.py")
-    worker = os.path.join(ROOT, "scripts", "batch_worker.py")
-    subprocess.run([PYTHON, worker, "--dir", work, "--tasks", tasks, "--batch", "1000"])
-    run(PYTHON, worker, "--dir", work, "--stats")
+    say(f"examples/tasks copied to {tasks}; running `hypervisor run` with the built-in triage agent")
+    code = subprocess.run([os.path.join(BIN, "hypervisor"), "run", "--tasks", tasks, "--workers", "4"], cwd=work).returncode
     run(os.path.join(BIN, "hypervisor"), "stats", "--by-project", "--tasks", tasks)
-    say(f"done: results in {os.path.join(work, 'results')}, triaged tasks in {tasks}")
+    say(f"done (run exit {code}): triaged tasks in {tasks}; `.venv/bin/hypervisor status --tasks {tasks}` shows the run")
+    sys.exit(code)
 
 
 def test(pytest_args: list[str]) -> None:

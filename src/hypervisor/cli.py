@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 refused (the text says why), 2 usage error, 3 nothing to cla
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -206,6 +207,10 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
     if as_json:
         _emit_json(result)
         return
+    _print_preflight(result)
+
+
+def _print_preflight(result: dict) -> None:
     click.echo(f"ready: {len(result['ready'])}" + (f"  ({', '.join(result['ready'][:10])}"
                + (", ..." if len(result["ready"]) > 10 else "") + ")" if result["ready"] else ""))  # fmt: skip
     for reason, items in result["skipped"].items():
@@ -366,6 +371,127 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
         click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
     counts = results["counts"]
     click.echo("  ".join(f"{k}: {v}" for k, v in counts.items()), err=True)
+
+
+AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), gemini (gemini -p --yolo with the "
+              "extension), or a command such as './work.sh {task_id}' (placeholders: {task_id} {token} {task_file} "
+              "{worker} {attempt} {run_id} {workdir}; run without a shell).")  # fmt: skip
+
+
+@cli.command()
+@click.option("--workers", "-w", "worker_count", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Worker processes at once (1 to 32).")  # fmt: skip
+@click.option("--agent", default="triage", show_default=True, metavar="AGENT", help=AGENT_HELP)
+@click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
+@click.option("--project", metavar="P", help="Only this project.")
+@click.option("--timeout", default="30m", show_default=True, metavar="DURATION",
+              help="Kill a worker (its whole process group) that runs longer, e.g. 90s, 30m, 2h.")  # fmt: skip
+@click.option("--isolation", type=click.Choice(["none", "worktree"]), default="none", show_default=True,
+              help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.")
+@click.option("--dry-run", is_flag=True, help="Show the preflight and the first worker's command; start nothing.")
+@tasks_option
+@json_option
+def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_run, tasks, as_json) -> None:
+    """Run a batch: keep N agent workers busy on the queue until the batch is empty.
+
+    \b
+    For each ready task of the batch (all tasks, --project, --ids or --batch):
+      claim it, start the agent with HYPERVISOR_WORKER=1, HYPERVISOR_TASK_ID and
+      HYPERVISOR_CLAIM_TOKEN, renew the lease while it runs, kill it at --timeout,
+      then read the outcome from the task file (never from the agent's word).
+      A worker that ends without an outcome has its task released and retried,
+      up to max_attempts (default 3), then dead-lettered (blocked: max_attempts).
+
+    Done, cancelled, claimed and dependency-blocked tasks are reported and
+    skipped; a task whose dependencies finish during the run does run.
+    Ctrl-C drains (no new tasks; running workers finish); a second Ctrl-C stops
+    the workers and releases their tasks. Logs and run.json/summary.json are
+    kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them.
+
+    \b
+    Exit: 0 the batch ran, 1 a task was dead-lettered or lost, 2 usage,
+          3 nothing to run, 130 interrupted.
+
+    \b
+    Examples:
+      hypervisor run --tasks examples/tasks                 # built-in triage
+      hypervisor run --agent claude --workers 4 --project web --timeout 20m
+      hypervisor run --agent './fix.sh {task_id}' --isolation worktree
+    """
+    from .progress import progress_for
+    from .supervisor import RunOptions, Supervisor, exit_code
+
+    ctx = _ctx(tasks)
+    options = RunOptions(workers=worker_count, agent=agent, ids=_batch_ids(ids, batch_file), project=project,
+                         timeout=parse_duration(timeout, "--timeout"), isolation=isolation)  # fmt: skip
+    if dry_run:
+        supervisor = Supervisor(ctx.queue, options)
+        supervisor.prepare()
+        report = supervisor.preflight()
+        if as_json:
+            _emit_json(report)
+        else:
+            _print_preflight(report)
+            click.echo(f"would start {min(len(report['ready']), worker_count)} of {worker_count} worker(s) "
+                       f"with agent {supervisor.agent.name}; nothing was claimed")  # fmt: skip
+        return
+    supervisor = Supervisor(ctx.queue, options, progress_for())
+    report = supervisor.preflight()
+    if not report["ready"]:
+        _print_preflight(report)
+        click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
+        sys.exit(3)
+    summary = supervisor.run()
+    if as_json:
+        _emit_json(summary)
+    else:
+        _print_summary(summary, supervisor.folder.summary_path)
+    sys.exit(exit_code(summary))
+
+
+def _print_summary(summary: dict, path: str) -> None:
+    for entry in summary["workers"]:
+        text = entry.get("outcome") or entry.get("reason") or ""
+        extra = f" [{entry['branch']} {entry['commit'][:12]}]" if entry.get("branch") and entry.get("commit") else ""
+        click.echo(f"{entry['task_id']}: {entry['status']} ({entry['attempts']} attempt(s), "
+                   f"{entry['duration_s']:.1f}s, {entry['tokens']} tokens){extra}: {text}")  # fmt: skip
+    skipped = {k: len(v) for k, v in summary["skipped_preflight"].items() if v}
+    if skipped:
+        click.echo("skipped at preflight: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    counts = summary["counts"]
+    click.echo(f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
+               + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + f"; {summary['total_tokens']} tokens")
+    click.echo(f"summary: {path}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@tasks_option
+@json_option
+def status(run_id, tasks, as_json) -> None:
+    """Show a run's state from disk (the latest run unless RUN, or a prefix of it, is given), also while it runs."""
+    from .runs import load_run
+    from .timeutil import humanize, now, parse_iso
+
+    ctx = _ctx(tasks)
+    view = load_run(ctx.store.state, run_id)
+    if as_json:
+        _emit_json(view)
+        return
+    elapsed = now() - parse_iso(view["started_at"])
+    click.echo(f"run {view['run_id']}: {view['status']} · agent {view['agent']} · {view['workers']} worker(s) · "
+               f"started {view['started_at']} ({humanize(elapsed)} ago)")  # fmt: skip
+    counts = view.get("counts", {})
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for attempt in view.get("running", []):
+        age = humanize(now() - parse_iso(attempt["started_at"]))
+        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}, {age})")
+    for entry in view.get("tasks", []):
+        if entry["status"] != "running":
+            click.echo(f"  {entry['status']:<12} {entry['task_id']}: {entry.get('outcome') or entry.get('reason')}")
+    if "summary" in view:
+        click.echo(f"  summary: {os.path.join(ctx.store.state, 'runs', view['run_id'], 'summary.json')}")
 
 
 @cli.command()

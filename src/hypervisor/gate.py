@@ -47,7 +47,7 @@ ALLOW = Verdict("allow")
 
 def is_worker(call: ToolCall, env: Mapping[str, str], gate: str) -> bool:
     """A `hypervisor:worker` subagent, a process started with HYPERVISOR_WORKER=1, or anyone under `gate: all`."""
-    return gate == "all" or call.worker.agent_type == workers.WORKER_AGENT_TYPE or env.get("HYPERVISOR_WORKER") == "1"
+    return gate == "all" or call.worker.agent_type == workers.WORKER_AGENT_TYPE or env.get(workers.ENV_WORKER) == "1"
 
 
 def held_claim(state: str, call: ToolCall, env: Mapping[str, str]) -> tuple[str, str, bool] | None:
@@ -55,10 +55,8 @@ def held_claim(state: str, call: ToolCall, env: Mapping[str, str]) -> tuple[str,
     bound = workers.bound(state, call.worker)
     if bound is not None:
         return bound[0], bound[1], False
-    token, task_id = env.get("HYPERVISOR_CLAIM_TOKEN"), env.get("HYPERVISOR_TASK_ID")
-    if token and task_id:
-        return task_id, token, True
-    return None
+    supervised = workers.supervised_claim(env)
+    return (supervised[0], supervised[1], True) if supervised else None
 
 
 def relative(path: str, project_dir: str) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+from typing import Annotated, Any, Literal, Mapping
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from . import __version__
+from . import __version__, workers
 from .errors import HypervisorError, NothingToClaim
 from .taskqueue import TaskQueue
 
@@ -47,8 +48,12 @@ def _for_model(error: HypervisorError) -> ToolError:
     return ToolError(text)
 
 
-def build_server(queue: TaskQueue) -> MCPServer:
-    """An MCPServer whose tools call `queue`; every HypervisorError becomes a tool error, once, here."""
+def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPServer:
+    """An MCPServer whose tools call `queue`; every HypervisorError becomes a tool error, once, here.
+
+    Started inside a supervised worker (`env` holds HYPERVISOR_TASK_ID and HYPERVISOR_CLAIM_TOKEN), claim_next_task
+    hands over the claim the supervisor made for it instead of claiming anything else."""
+    supervised = workers.supervised_claim(os.environ if env is None else env)
     server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__)
 
     def call(function, *args: Any, **kwargs: Any) -> Any:
@@ -97,6 +102,13 @@ def build_server(queue: TaskQueue) -> MCPServer:
         Keep the claim_token: complete_task, block_task, release_task and update_task need it. If this fails, do not
         retry in a loop: claim another task or stop.
         """
+        if supervised is not None:
+            if task_id not in (None, supervised[0]):
+                raise ToolError(
+                    f"you were started by the hypervisor supervisor for task {supervised[0]}, which is already "
+                    f"claimed for you: call claim_next_task with task_id {supervised[0]!r} and work only on it"
+                )
+            return call(queue.handed_over, *supervised)
         return call(queue.claim_next, caller, task_id=task_id, project=project, ids=batch)
 
     @server.tool(annotations=WRITES)

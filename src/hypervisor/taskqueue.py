@@ -237,7 +237,26 @@ class TaskQueue:
                 claim_token=new.token,
                 lease_expires_at=iso(new.lease_expires_at),
             )
+            if claim is not None:
+                result["reclaimed_from"] = claim.caller
             return result
+
+    def handed_over(self, task_id: str, token: str) -> dict:
+        """The claim a supervisor took for its worker, in the shape `claim_next` returns, if `token` still holds it.
+
+        A worker the supervisor started calls claim_next_task as usual; instead of a refusal ("already claimed")
+        it gets the claim made for it."""
+        known = self.store.find(task_id)
+        summary, _ = self.store.read(known)
+        claim = self.read_claim(task_id)
+        if claim is None:
+            raise ClaimRefused(f"claim lost: task {task_id} has no live claim (it is {summary['status']}); stop")
+        problem = claims.token_problem(claim, token, now())
+        if problem:
+            raise ClaimRefused(problem)
+        result = dict(summary)
+        result.update(claim_token=claim.token, lease_expires_at=iso(claim.lease_expires_at), attempts=claim.attempts)
+        return result
 
     def _dead_letter(self, task_id: str, doc: TaskDoc, claim: Claim | None, attempts: int) -> None:
         doc.set("status", "blocked")
@@ -343,8 +362,14 @@ class TaskQueue:
             raise UsageError(f"task {task_id}: blocking needs a reason a person can act on")
         return self._finish(task_id, token, caller, "blocked", reason, **log)
 
+    def dead_letter(self, task_id: str, token: str, detail: str, **log: object) -> dict:
+        """Block a claimed task with reason `max_attempts` (the dead letter); `detail` says what the last try did."""
+        return self._finish(task_id, token, None, "blocked", f"{rules.DEAD_LETTER_REASON}: {detail}",
+                            blocked_reason=rules.DEAD_LETTER_REASON, event="dead_letter", **log)  # fmt: skip
+
     def _finish(self, task_id: str, token: str | None, caller: str | None, outcome: str, text: str,
-                commit: str | None = None, **log: object) -> dict:  # fmt: skip
+                commit: str | None = None, blocked_reason: str | None = None, event: str | None = None,
+                **log: object) -> dict:  # fmt: skip
         def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
             rules.check_transition(task_id, summary["status"], outcome)
             at = now()
@@ -355,7 +380,7 @@ class TaskQueue:
                     doc.set("commit", commit)
                 doc.remove("blocked_reason")
             else:
-                doc.set("blocked_reason", " ".join(text.split()))
+                doc.set("blocked_reason", blocked_reason or " ".join(text.split()))
             doc.set("modified", iso(at))
             files, calls = workers.journal_summary(self.store.state, task_id, claim.token)
             log.setdefault("files", files)
@@ -368,7 +393,7 @@ class TaskQueue:
             doc.append_to_section(worklog.HEADING, entry)
             self._drop_claim(task_id)
             workers.drop_journal(self.store.state, task_id, claim.token)
-            self.event("completed" if outcome == "done" else "blocked", task_id, caller=claim.caller,
+            self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
                        attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
             return {"id": task_id, "status": outcome, "attempts": claim.attempts, "commit": commit}
 

@@ -179,7 +179,7 @@ def triage_claimed(queue, rules: TriageRules, claim: dict) -> dict:
     if verdict.closed:
         queue.complete(task_id, token=token, summary=f"closed by triage: {verdict.close_reason}")
         return {"id": task_id, "action": "closed", "detail": verdict.close_reason}
-    queue.release(task_id, token=token, reason="triaged", status="active", assignee=verdict.assignee,
-                  count_attempt=False)
     detail = ", ".join([f"assignee={verdict.assignee}", *outcome["changes"]])
+    queue.release(task_id, token=token, reason=f"triaged: {detail}", status="active", assignee=verdict.assignee,
+                  count_attempt=False)  # fmt: skip
     return {"id": task_id, "action": "triaged", "detail": detail}

@@ -10,6 +10,17 @@ from .timeutil import iso, now
 
 WORKER_AGENT_TYPE = "hypervisor:worker"
 
+# What the supervisor hands each agent process it starts (`hypervisor run`).
+ENV_WORKER = "HYPERVISOR_WORKER"
+ENV_TASK_ID = "HYPERVISOR_TASK_ID"
+ENV_CLAIM_TOKEN = "HYPERVISOR_CLAIM_TOKEN"
+
+
+def supervised_claim(env) -> tuple[str, str] | None:
+    """(task_id, claim_token) a supervisor started this process under, from its environment, or None."""
+    task_id, token = env.get(ENV_TASK_ID), env.get(ENV_CLAIM_TOKEN)
+    return (task_id, token) if task_id and token else None
+
 
 class Worker:
     """One agent: a CLI session, or a subagent inside it (`agent_id`), as the hook payloads name it."""
