@@ -217,10 +217,12 @@ class Supervisor:
             if self.worktrees is not None:
                 attempt.workdir = self.worktrees.open(task_id)
             self._spawn(attempt, claim)
-        except (OSError, HypervisorError) as error:
+        except BaseException as error:
             del self.running[slot]
             self._give_back(attempt, count_attempt=False, reason=f"could not start the worker: {error}")
             self._close_worktree(attempt, entry)
+            if not isinstance(error, (OSError, HypervisorError)):
+                raise
             self._settle(entry, "released", f"could not start the worker: {error}")
             self.progress.finished(attempt, entry, retry=False)
             self._write_state("running")
@@ -238,6 +240,7 @@ class Supervisor:
             workers.ENV_WORKER: "1",
             workers.ENV_TASK_ID: attempt.task_id,
             workers.ENV_CLAIM_TOKEN: attempt.token,
+            workers.ENV_CLAIM: attempt.token,  # for MCP servers under Gemini CLI
             "HYPERVISOR_TASKS": self.queue.store.root,
             "HYPERVISOR_RUN_ID": self.run_id,
             "HYPERVISOR_WORKER_NAME": attempt.worker,
@@ -324,6 +327,7 @@ class Supervisor:
                 os.killpg(attempt.pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        _kill_leftovers(attempt.token)
         entry = self.entries[attempt.task_id]
         entry.exit_codes.append(code)
         entry.duration_s += time.monotonic() - attempt.started
@@ -530,6 +534,34 @@ def _own_group(proc) -> int | None:
     except (ProcessLookupError, PermissionError):
         return None
     return group if group == pid and group != os.getpgrp() else None
+
+
+def _kill_leftovers(token: str) -> None:
+    """SIGKILL what a finished worker left running outside its process group (Claude Code runs every Bash command
+    in a session of its own): the processes whose environment holds its HYPERVISOR_CLAIM_TOKEN. Linux (/proc) only."""
+    needle = f"{workers.ENV_CLAIM_TOKEN}={token}".encode()
+    for _ in range(3):  # again, in case one forked while it was being found
+        found = []
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                continue
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _describe_exit(code: int | None) -> str:

@@ -1,0 +1,260 @@
+"""`hypervisor run` and `hypervisor status` with real processes: the CLI, real worker processes (scripted_worker.py),
+real signals (timeouts kill the whole process group, Ctrl-C drains, a second Ctrl-C stops), git worktrees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HYPERVISOR, run_cli, write_task
+from hypervisor.runs import load_run, validate_summary
+from hypervisor.taskfile import read_doc
+
+WORKER = str(Path(__file__).with_name("scripted_worker.py"))
+SCRIPTED = f"{sys.executable} {WORKER} task"
+
+
+def data(root: Path, task_id: str) -> dict:
+    return read_doc(str(root / f"{task_id}.md")).data
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_run(root: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("HYPERVISOR_TASKS", None)
+    return subprocess.Popen([*HYPERVISOR, "run", "--tasks", str(root), "--json", *args], cwd=cwd or root.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_view(root: Path) -> dict | None:
+    try:
+        view = load_run(str(root / ".hypervisor"))
+    except Exception:  # noqa: BLE001 - not written yet
+        return None
+    return view if view.get("running") else None
+
+
+def test_cli_run_ends_each_task_as_its_worker_did_and_writes_a_valid_summary(root):
+    write_task(root, "ok-1", script="complete")
+    write_task(root, "ok-2", script="sleep-complete 0.5")
+    write_task(root, "stop", script="block")
+    write_task(root, "crashy", script="crash")
+    write_task(root.parent / "tasks", "later", script="complete", depends_on=["ok-1"])
+    (root.parent / ".hypervisor.yaml").write_text("max_attempts: 2\n")
+    result = run_cli("run", "--tasks", str(root), "--workers", "3", "--agent", SCRIPTED, "--json", cwd=root.parent)
+    assert result.returncode == 1, result.stderr  # a task was dead-lettered
+    summary = json.loads(result.stdout)
+    validate_summary(summary)
+    by_id = {entry["task_id"]: entry for entry in summary["workers"]}
+    assert sorted(by_id) == ["crashy", "later", "ok-1", "ok-2", "stop"]
+    assert by_id["ok-1"]["status"] == by_id["ok-2"]["status"] == by_id["later"]["status"] == "done"
+    assert by_id["stop"]["status"] == "blocked" and by_id["stop"]["reason"] == "stop needs a person"
+    crashy = by_id["crashy"]
+    assert crashy["status"] == "dead_letter" and crashy["attempts"] == 2
+    assert crashy["exit_codes"] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert "killed by SIGKILL" in crashy["reason"]
+    assert data(root, "crashy")["blocked_reason"] == "max_attempts"
+    for task_id in ("ok-1", "ok-2", "later"):
+        assert data(root, task_id)["status"] == "done"
+    log = Path(by_id["ok-2"]["log"])
+    assert log.is_file() and "sleep-complete" in log.read_text()
+    assert log.parent == root / ".hypervisor" / "runs" / summary["run_id"] / "logs"
+    on_disk = json.loads((log.parent.parent / "summary.json").read_text())
+    assert on_disk == summary
+    # progress went to stderr as plain lines (not a terminal), one per start and finish
+    assert result.stderr.count(" started (attempt ") == 6
+    # the run can be read back
+    status = run_cli("status", "--tasks", str(root), "--json", check=0)
+    assert json.loads(status.stdout)["summary"]["run_id"] == summary["run_id"]
+    text = run_cli("status", "--tasks", str(root), check=0).stdout
+    assert f"run {summary['run_id']}: finished" in text and "dead_letter" in text
+
+
+def test_timeout_kills_the_whole_process_group(root, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    write_task(root, "stuck", script=f"grandchild-hang {pid_file}")
+    (root.parent / ".hypervisor.yaml").write_text("max_attempts: 1\n")
+    started = time.monotonic()
+    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--timeout", "2s", "--json", cwd=root.parent)
+    elapsed = time.monotonic() - started
+    summary = json.loads(result.stdout)
+    [entry] = summary["workers"]
+    assert entry["status"] == "dead_letter" and "killed at the 2s timeout" in entry["reason"]
+    assert entry["exit_codes"] == [-signal.SIGTERM]
+    assert entry["duration_s"] >= 2
+    grandchild = int(pid_file.read_text())
+    assert not alive(grandchild), "the worker's own child survived the timeout"
+    assert elapsed < 60
+
+
+def test_first_ctrl_c_drains_running_workers_finish_no_new_claims(root):
+    for name in ("a", "b", "c"):
+        write_task(root, name, script="sleep-complete 2")
+    proc = start_run(root, "--workers", "1", "--agent", SCRIPTED)
+    wait_for(lambda: running_view(root), "the first worker to start")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["status"] == "drained"
+    assert [entry["task_id"] for entry in summary["workers"]] == ["a"]
+    assert summary["workers"][0]["status"] == "done"
+    assert "draining" in err
+    assert data(root, "a")["status"] == "done"
+    assert "status" not in data(root, "b") and "status" not in data(root, "c")  # never touched
+
+
+def test_second_ctrl_c_stops_workers_and_releases_their_tasks(root):
+    write_task(root, "long-1", script="hang")
+    write_task(root, "long-2", script="hang")
+    proc = start_run(root, "--workers", "2", "--agent", SCRIPTED)
+    view = wait_for(lambda: (v := running_view(root)) and len(v["running"]) == 2 and v, "two workers to start")
+    pids = [item["pid"] for item in view["running"]]
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["status"] == "interrupted"
+    assert {entry["status"] for entry in summary["workers"]} == {"interrupted"}
+    for task_id in ("long-1", "long-2"):
+        task = data(root, task_id)
+        assert task["status"] == "inbox" and task.get("attempts", 0) == 0, task  # given back, attempt not counted
+    assert not [pid for pid in pids if alive(pid)]
+    assert not list((root / ".hypervisor" / "claims").glob("*.json"))
+
+
+def test_status_reads_a_running_run_from_disk(root):
+    write_task(root, "slow", script="sleep-complete 3")
+    proc = start_run(root, "--agent", SCRIPTED)
+    try:
+        view = wait_for(lambda: running_view(root), "the worker to start")
+        status = run_cli("status", "--tasks", str(root), "--json", check=0)
+        live = json.loads(status.stdout)
+        assert live["status"] == "running" and live["run_id"] == view["run_id"]
+        assert [item["task_id"] for item in live["running"]] == ["slow"]
+        text = run_cli("status", "--tasks", str(root), check=0).stdout
+        assert "running w1-" in text and "slow" in text
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["workers"][0]["status"] == "done"
+
+
+def test_a_killed_supervisor_is_reported_dead_and_its_claims_expire_for_the_next_run(root):
+    write_task(root, "orphaned", script="hang")
+    (root.parent / ".hypervisor.yaml").write_text("lease: 1s\n")
+    proc = start_run(root, "--agent", SCRIPTED)
+    view = wait_for(lambda: running_view(root), "the worker to start")
+    proc.kill()
+    proc.wait(timeout=30)
+    os.killpg(view["running"][0]["pid"], signal.SIGKILL)  # the worker had its own group; the test cleans it up
+    assert json.loads(run_cli("status", "--tasks", str(root), "--json", check=0).stdout)["status"] == "dead"
+    time.sleep(1.2)
+    (root / "orphaned.md").write_text((root / "orphaned.md").read_text().replace("script: hang", "script: complete"))
+    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--json", cwd=root.parent, check=0)
+    summary = json.loads(result.stdout)
+    assert summary["reclaimed"][0]["task_id"] == "orphaned"
+    assert summary["workers"][0]["status"] == "done"
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+def test_worktree_isolation_puts_each_task_on_its_own_branch(tmp_path):
+    project = tmp_path / "project"
+    root = project / "tasks"
+    root.mkdir(parents=True)
+    write_task(root, "writes", script="write-file result-writes.txt")
+    write_task(root, "commits", script="commit-file result-commits.txt")
+    write_task(root, "noop", script="complete")
+    git("init", "-q", "-b", "main", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "tasks", cwd=project)
+    base = git("rev-parse", "HEAD", cwd=project)
+    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--isolation", "worktree", "--json",
+                     cwd=project, check=0)  # fmt: skip
+    by_id = {entry["task_id"]: entry for entry in json.loads(result.stdout)["workers"]}
+    assert {entry["status"] for entry in by_id.values()} == {"done"}
+    for task_id in ("writes", "commits"):
+        entry = by_id[task_id]
+        assert entry["branch"] == f"hypervisor/{task_id}"
+        assert git("rev-parse", entry["branch"], cwd=project) == entry["commit"]
+        assert git("show", f"{entry['commit']}:result-{task_id}.txt", cwd=project) == f"work for {task_id}"
+        assert git("merge-base", entry["commit"], "main", cwd=project) == base  # branched from HEAD, not merged
+        assert not (project / f"result-{task_id}.txt").exists()
+    assert data(root, "commits")["commit"] == by_id["commits"]["commit"]  # the worker's own commit
+    assert "left uncommitted" in git("log", "-1", "--format=%s", by_id["writes"]["commit"], cwd=project)
+    assert by_id["noop"]["branch"] is None  # nothing done on it: no branch left behind
+    assert "hypervisor/noop" not in git("branch", "--list", cwd=project)
+    assert git("rev-parse", "HEAD", cwd=project) == base
+    assert git("worktree", "list", "--porcelain", cwd=project).count("worktree ") == 1
+
+
+def test_worktree_isolation_outside_git_is_refused(root):
+    write_task(root, "a", script="complete")
+    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--isolation", "worktree", cwd=root.parent)
+    assert result.returncode == 2
+    assert "--isolation worktree needs a git repository" in result.stderr
+    assert "status" not in data(root, "a")
+
+
+@pytest.mark.parametrize(
+    ("agent", "message"),
+    [
+        ("no-such-agent-binary {task_id}", "the command 'no-such-agent-binary' was not found on PATH"),
+        ("'unbalanced", "cannot split the command"),
+    ],
+)
+def test_an_agent_that_cannot_run_is_refused_before_any_claim(root, agent, message):
+    write_task(root, "a")
+    result = run_cli("run", "--tasks", str(root), "--agent", agent, cwd=root.parent)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (root / ".hypervisor" / "claims").exists() or not list((root / ".hypervisor" / "claims").iterdir())
+
+
+def test_nothing_to_run_exits_3_and_dry_run_claims_nothing(root):
+    write_task(root, "finished", status="done")
+    result = run_cli("run", "--tasks", str(root), cwd=root.parent)
+    assert result.returncode == 3 and "nothing to run" in result.stderr
+    write_task(root, "fresh")
+    dry = run_cli("run", "--tasks", str(root), "--dry-run", cwd=root.parent, check=0)
+    assert "ready: 1" in dry.stdout and "nothing was claimed" in dry.stdout
+    assert "status" not in data(root, "fresh")
+
+
+def test_help_teaches_the_options():
+    text = run_cli("run", "--help", check=0).stdout
+    for needle in ("--workers", "--agent", "--timeout", "--isolation", "--dry-run", "Ctrl-C", "{task_id}", "Exit:"):
+        assert needle in text
