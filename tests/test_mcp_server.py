@@ -88,3 +88,27 @@ def test_mcp_server_over_stdio(root):
     assert "## Worker log" in path_a.read_text() and "wrote the thing" in path_a.read_text()
     doc_b = taskfile.read_doc(str(path_b))
     assert doc_b.data["priority"] == 0 and doc_b.data["status"] == "active" and "halfway" in doc_b.body
+
+
+async def supervised_scenario(root, token: str):
+    params = server_params(root)
+    params.env.update(HYPERVISOR_TASK_ID="mine", HYPERVISOR_CLAIM_TOKEN=token, HYPERVISOR_WORKER="1")
+    async with Client(params) as client:
+        other = error_text(await client.call_tool("claim_next_task", {"caller": "model", "task_id": "other"}))
+        assert "started by the hypervisor supervisor for task mine" in other
+        handed = structured(await client.call_tool("claim_next_task", {"caller": "model"}))
+        assert handed["id"] == "mine" and handed["claim_token"] == token and handed["status"] == "in_progress"
+        again = structured(await client.call_tool("claim_next_task", {"caller": "model", "task_id": "mine"}))
+        assert again["claim_token"] == token
+        done = structured(await client.call_tool("complete_task", {"id": "mine", "claim_token": token, "summary": "ok"}))
+        assert done["status"] == "done"
+        lost = error_text(await client.call_tool("claim_next_task", {"caller": "model"}))
+        assert "claim lost" in lost
+
+
+def test_a_supervised_worker_is_handed_the_supervisors_claim(root, queue):
+    write_task(root, "mine")
+    write_task(root, "other")
+    claim = queue.claim_next("w1-abcd", task_id="mine")
+    asyncio.run(supervised_scenario(root, claim["claim_token"]))
+    assert taskfile.read_doc(str(root / "other.md")).data.get("status") is None  # never claimed
