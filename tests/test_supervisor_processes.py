@@ -258,3 +258,22 @@ def test_help_teaches_the_options():
     text = run_cli("run", "--help", check=0).stdout
     for needle in ("--workers", "--agent", "--timeout", "--isolation", "--dry-run", "Ctrl-C", "{task_id}", "Exit:"):
         assert needle in text
+
+
+def test_the_readme_quick_start_demo_runs_the_supervisor_over_the_examples():
+    """`python3 dev.py demo`: the README's first command, as a user runs it."""
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "dev.py"), "demo"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary_line = [line for line in result.stdout.splitlines() if line.startswith("summary: ")]
+    assert summary_line, result.stdout[-3000:]
+    summary = json.loads(Path(summary_line[0].split(": ", 1)[1]).read_text())
+    validate_summary(summary)
+    assert summary["status"] == "finished" and summary["agent"] == "triage"
+    statuses = [entry["status"] for entry in summary["workers"]]
+    assert statuses.count("done") == 2 and statuses.count("released") == 26  # 2 closed, 26 triaged
+    assert all("triaged: assignee=" in e["reason"] for e in summary["workers"] if e["status"] == "released")
+    assert summary["skipped_preflight"]["done"] and summary["skipped_preflight"]["blocked_deps"]
+    assert len({entry["task_id"] for entry in summary["workers"]}) == len(summary["workers"])
