@@ -65,10 +65,28 @@ class LiveProgress(PlainProgress):
         self.console = Console(stderr=True)
         super().__init__(self.console.file)
         self.live = None
+        self.supervisor: Supervisor | None = None
         self._last = 0.0
 
     def _say(self, text: str) -> None:
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}", markup=True, highlight=False)
+        from rich.text import Text
+
+        line = Text(time.strftime("%H:%M:%S") + " ", style="dim")
+        line.append(text)  # plain text: task titles and reasons may hold [[wikilinks]], which are not markup
+        self.console.print(line, highlight=False)
+
+    def started(self, attempt: Attempt) -> None:
+        super().started(attempt)
+        self._redraw()
+
+    def finished(self, attempt: Attempt, entry: TaskEntry, retry: bool) -> None:
+        super().finished(attempt, entry, retry)
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if self.live is not None and self.supervisor is not None:
+            self._last = time.monotonic()
+            self.live.update(self._render(self.supervisor), refresh=True)
 
     def _render(self, supervisor: Supervisor):
         from rich.table import Table
@@ -86,6 +104,7 @@ class LiveProgress(PlainProgress):
         from rich.live import Live
 
         super().begin(supervisor)
+        self.supervisor = supervisor
         self.live = Live(self._render(supervisor), console=self.console, auto_refresh=False, transient=True)
         self.live.start()
 
