@@ -35,7 +35,7 @@ STRIPPED_PREFIXES = ("GEMINI_", "GOOGLE_", "CLAUDE", "ANTHROPIC_", "AI_AGENT", "
                      "AWS_BEARER", "CLOUDSDK_", "VERTEX")  # fmt: skip
 STRIPPED_NAMES = {"DEBUG", "DEBUG_MODE", "NODE_OPTIONS", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
                   "XDG_STATE_HOME", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                  "all_proxy", "SANDBOX", "SEATBELT_PROFILE", "BUILD_SANDBOX", "TERM_PROGRAM",
+                  "all_proxy", "SANDBOX", "SEATBELT_PROFILE", "BUILD_SANDBOX", "TERM_PROGRAM", "GITHUB_SHA", "SURFACE",
                   "CLOUD_SHELL", "GCP_PROJECT"}  # fmt: skip
 
 HERMETIC_ENV = {

@@ -14,11 +14,14 @@ WORKER_AGENT_TYPE = "hypervisor:worker"
 ENV_WORKER = "HYPERVISOR_WORKER"
 ENV_TASK_ID = "HYPERVISOR_TASK_ID"
 ENV_CLAIM_TOKEN = "HYPERVISOR_CLAIM_TOKEN"
+# The same token under a name Gemini CLI passes on to MCP servers: it drops every variable whose name contains
+# TOKEN, KEY, SECRET, AUTH, ... from a stdio MCP server's environment (whatever the settings say).
+ENV_CLAIM = "HYPERVISOR_CLAIM"
 
 
 def supervised_claim(env) -> tuple[str, str] | None:
     """(task_id, claim_token) a supervisor started this process under, from its environment, or None."""
-    task_id, token = env.get(ENV_TASK_ID), env.get(ENV_CLAIM_TOKEN)
+    task_id, token = env.get(ENV_TASK_ID), env.get(ENV_CLAIM_TOKEN) or env.get(ENV_CLAIM)
     return (task_id, token) if task_id and token else None
 
 
