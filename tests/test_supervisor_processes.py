@@ -276,4 +276,6 @@ def test_the_readme_quick_start_demo_runs_the_supervisor_over_the_examples():
     assert statuses.count("done") == 2 and statuses.count("released") == 26  # 2 closed, 26 triaged
     assert all("triaged: assignee=" in e["reason"] for e in summary["workers"] if e["status"] == "released")
     assert summary["skipped_preflight"]["done"] and summary["skipped_preflight"]["blocked_deps"]
+    assert len(summary["skipped_preflight"]["invalid"]) == 4  # examples/tasks/malformed/, on purpose
+    assert "4 task file(s) are invalid" in result.stdout + result.stderr
     assert len({entry["task_id"] for entry in summary["workers"]}) == len(summary["workers"])

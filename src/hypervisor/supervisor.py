@@ -136,6 +136,7 @@ class Supervisor:
         self.eligible: set[str] = set()
         self.preflight_report: dict = {}
         self.reclaimed: list[dict] = []
+        self.invalid: list[str] = []
         self.started_at = now()
         self.started = time.monotonic()
         self.draining = False
@@ -161,6 +162,10 @@ class Supervisor:
         self.prepare()
         self.queue.store.ensure_state()
         report = self.preflight_report = self.preflight()
+        self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
+        if self.invalid:
+            self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "
+                               "(`hypervisor validate` says why)")  # fmt: skip
         waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
         self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
         self.folder.create()
@@ -512,6 +517,7 @@ class Supervisor:
                 "blocked_deps": [item["id"] for item in skipped.get("blocked_deps", []) if item["id"] not in started],
                 "other": [item["id"] for item in skipped.get("other", [])],
                 "missing": list(report.get("missing", [])),
+                "invalid": self.invalid,
             },
             "reclaimed": self.reclaimed,
         }
