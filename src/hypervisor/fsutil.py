@@ -21,8 +21,11 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a mix: temp file, fsync, os.replace."""
+def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see the old or the new file, never a mix: temp file, fsync, os.replace.
+
+    `durable=False` skips the fsyncs: still atomic for readers, but a power cut may lose the write (for live views
+    that are rewritten often and rebuilt anyway)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = _temp_file_beside(path)
     try:
@@ -35,7 +38,8 @@ def atomic_write(path: str, data: bytes) -> None:
             written = os.write(fd, view)
             fault_point("write-partial")
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         os.close(fd)
         fd = -1
         fault_point("write-before-replace")
@@ -48,7 +52,8 @@ def atomic_write(path: str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def _temp_file_beside(path: str) -> tuple[int, str]:

@@ -37,7 +37,8 @@ class RunFolder:
         return os.path.join(self.path, "logs", f"{task_id}.{attempt}.log")
 
     def write_state(self, state: dict) -> None:
-        fsutil.atomic_write(self.state_path, (json.dumps(state, indent=2) + "\n").encode())
+        """The live view: atomic for readers but not fsync'd (it is rewritten on every start and exit)."""
+        fsutil.atomic_write(self.state_path, (json.dumps(state, indent=1) + "\n").encode(), durable=False)
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json, after checking it against the schema that ships with the package."""

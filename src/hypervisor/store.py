@@ -130,6 +130,7 @@ class TaskStore:
         entries = self._entries
         seen: dict[str, list] = {}
         reread = 0
+        reordered = False
         # The hot loop of every command: one stat per file, no allocation for an unchanged one.
         for rel, st, is_link in self._walk():
             old = entries.get(rel)
@@ -138,13 +139,35 @@ class TaskStore:
                 if signature[0] == st.st_mtime_ns and signature[1] == st.st_size and signature[2] == st.st_ino:
                     seen[rel] = old
                     continue
-            seen[rel] = [[st.st_mtime_ns, st.st_size, st.st_ino], self._read_summary(rel, st, is_link)]
+            signature = [st.st_mtime_ns, st.st_size, st.st_ino]
+            summary = self._read_summary(rel, st, is_link)
             reread += 1
-        if reread or len(seen) != len(entries):
+            if old is not None and self._patch_in_place(old, summary):
+                old[0] = signature
+                seen[rel] = old
+                continue
+            seen[rel] = [signature, summary]
+            reordered = True
+        if reread:
             self._dirty = True
+        if reordered or len(seen) != len(entries):
             self._generation += 1
         self._entries = seen
         return reread
+
+    def _patch_in_place(self, old: list, summary: dict) -> bool:
+        """Update an index entry in place if the task keeps its id and its place in the queue (the usual change:
+        a status), so the cached queue view stays valid instead of being rebuilt and re-sorted; False otherwise."""
+        view = self._queue_view
+        current = old[1]
+        if view is None or view[0] != self._generation or "error" in current or "error" in summary:
+            return False
+        if current["id"] != summary["id"] or order_key(current) != order_key(summary):
+            return False
+        current.clear()
+        current.update(summary)
+        view[2][summary["id"]] = summary["status"]
+        return True
 
     def note_written(self, doc: TaskDoc) -> None:
         """Update the index entry of a file this process just wrote, so it need not be read again."""
@@ -157,15 +180,8 @@ class TaskStore:
         signature = [st.st_mtime_ns, st.st_size, st.st_ino]
         self._dirty = True
         old = self._entries.get(rel)
-        view = self._queue_view
-        if (old is not None and "error" not in old[1] and view is not None and view[0] == self._generation
-                and order_key(old[1]) == order_key(summary)):  # fmt: skip
-            # The queue order is unchanged (the usual case: a claim changes status, not priority): patch the
-            # cached views in place instead of rebuilding and re-sorting them after every claim.
-            old[1].clear()
-            old[1].update(summary)
+        if old is not None and self._patch_in_place(old, summary):
             old[0] = signature
-            view[2][summary["id"]] = summary["status"]
             return
         self._entries[rel] = [signature, summary]
         self._generation += 1

@@ -137,6 +137,7 @@ class Supervisor:
         self.preflight_report: dict = {}
         self.reclaimed: list[dict] = []
         self.invalid: list[str] = []
+        self._state_changed = False
         self.started_at = now()
         self.started = time.monotonic()
         self.draining = False
@@ -162,6 +163,7 @@ class Supervisor:
         self.prepare()
         self.queue.store.ensure_state()
         report = self.preflight_report = self.preflight()
+        self.queue.store.save_index()  # so each worker process re-reads only the files that change
         self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
         if self.invalid:
             self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "
@@ -176,6 +178,9 @@ class Supervisor:
             while True:
                 if not self.draining:
                     self._fill()
+                if self._state_changed:  # once per round of exits and starts, after the replacements started
+                    self._state_changed = False
+                    self._write_state("running")
                 if not self.running:
                     break
                 self._wait()
@@ -230,10 +235,10 @@ class Supervisor:
                 raise
             self._settle(entry, "released", f"could not start the worker: {error}")
             self.progress.finished(attempt, entry, retry=False)
-            self._write_state("running")
+            self._state_changed = True
             return
         self.progress.started(attempt)
-        self._write_state("running")
+        self._state_changed = True
 
     def _spawn(self, attempt: Attempt, claim: dict) -> None:
         job = Job(attempt.task_id, attempt.title, claim.get("path") or "", attempt.token, attempt.worker,
@@ -347,7 +352,7 @@ class Supervisor:
             status, text, retry = self._after_failure(attempt, entry, why)
         self._settle(entry, status, text, final=not retry)
         self.progress.finished(attempt, entry, retry)
-        self._write_state("running")
+        self._state_changed = True
 
     def _after_failure(self, attempt: Attempt, entry: TaskEntry, why: str) -> tuple[str, str, bool]:
         """The worker ended without an outcome: give the task back, retry it, or dead-letter it."""
@@ -378,8 +383,11 @@ class Supervisor:
         """(status, outcome or reason, commit) of an attempt, read from the store, never from the agent's word."""
         store = self.queue.store
         try:
-            summary, doc = store.read(store.find(attempt.task_id))
-        except (TaskNotFound, HypervisorError) as error:
+            try:  # the one file, read fresh; a rescan of the whole root only if it moved
+                summary, doc = store.read(store.find(attempt.task_id, refresh=False))
+            except TaskNotFound:
+                summary, doc = store.read(store.find(attempt.task_id))
+        except HypervisorError as error:
             return "lost", f"the task cannot be read any more: {error}", None
         claim = self.queue.read_claim(attempt.task_id)
         if claim is not None and claim.token == attempt.token:
