@@ -279,3 +279,21 @@ def test_the_readme_quick_start_demo_runs_the_supervisor_over_the_examples():
     assert len(summary["skipped_preflight"]["invalid"]) == 4  # examples/tasks/malformed/, on purpose
     assert "4 task file(s) are invalid" in result.stdout + result.stderr
     assert len({entry["task_id"] for entry in summary["workers"]}) == len(summary["workers"])
+
+
+@pytest.mark.parametrize(
+    ("agent", "env", "message"),
+    [
+        ("claude", {"HYPERVISOR_CLAUDE": "/nonexistent/claude"}, "--agent claude: the `claude` command was not found"),
+        ("gemini", {"HYPERVISOR_GEMINI": "/nonexistent/gemini"}, "--agent gemini: the `gemini` command was not found"),
+        ("gemini", {"HYPERVISOR_GEMINI": "/bin/true"}, "the hypervisor extension is not installed for this user"),
+    ],
+)
+def test_a_missing_cli_or_extension_is_named_with_the_fix(root, tmp_path, agent, env, message):
+    write_task(root, "a")
+    result = run_cli("run", "--tasks", str(root), "--agent", agent, cwd=root.parent,
+                     env={"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", **env})  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    if "extension" in message:
+        assert "gemini extensions link" in result.stderr and "--consent" in result.stderr
+    assert "status" not in data(root, "a")

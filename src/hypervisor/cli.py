@@ -437,9 +437,10 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
                        f"with agent {supervisor.agent.name}; nothing was claimed")  # fmt: skip
         return
     supervisor = Supervisor(ctx.queue, options, progress_for())
+    supervisor.prepare()
     report = supervisor.preflight()
     if not report["ready"]:
-        _print_preflight(report)
+        _emit_json(report) if as_json else _print_preflight(report)
         click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
         sys.exit(3)
     summary = supervisor.run()

@@ -138,6 +138,7 @@ class Supervisor:
         self.reclaimed: list[dict] = []
         self.invalid: list[str] = []
         self._state_changed = False
+        self._prepared = False
         self.started_at = now()
         self.started = time.monotonic()
         self.draining = False
@@ -152,6 +153,9 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Everything that can fail before a claim is made: the agent's binary and files, the git repository."""
+        if self._prepared:
+            return
+        self._prepared = True
         self.agent.check()
         if self.options.isolation == "worktree":
             from .worktrees import Worktrees
