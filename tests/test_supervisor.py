@@ -80,16 +80,18 @@ def test_worker_environment_and_process_options(fp, root, tmp_path):
     seen = {}
 
     def callback(process):
-        seen.update(process.kwargs)
+        seen.update(process.kwargs, args=process.args)
         completes(queue)(process)
 
-    fp.register([AGENT, "a", fp.any()], callback=callback)
-    supervise(queue, project_dir=str(tmp_path)).run()
+    fp.register([AGENT, "a", str(root / "a.md"), fp.any()], callback=callback)
+    supervise(queue, project_dir=str(tmp_path), agent=AGENT + " {task_id} {task_file} {token} {run_id}").run()
     env = seen["env"]
     assert env["HYPERVISOR_WORKER"] == "1"
     assert env["HYPERVISOR_TASK_ID"] == "a"
     assert len(env["HYPERVISOR_CLAIM_TOKEN"]) == 32
     assert env["HYPERVISOR_TASKS"] == str(root)
+    assert seen["args"][3] == env["HYPERVISOR_CLAIM_TOKEN"] == env["HYPERVISOR_CLAIM"]  # placeholders filled
+    assert seen["args"][4] == env["HYPERVISOR_RUN_ID"]
     assert seen["start_new_session"] is True  # its own process group, so a kill reaches everything it started
     assert seen["cwd"] == str(tmp_path)
     assert seen["stdin"] is not None

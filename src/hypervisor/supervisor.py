@@ -245,7 +245,8 @@ class Supervisor:
         self._state_changed = True
 
     def _spawn(self, attempt: Attempt, claim: dict) -> None:
-        job = Job(attempt.task_id, attempt.title, claim.get("path") or "", attempt.token, attempt.worker,
+        task_file = os.path.join(self.queue.store.root, claim["path"]) if claim.get("path") else ""
+        job = Job(attempt.task_id, attempt.title, task_file, attempt.token, attempt.worker,
                   attempt.number, self.max_attempts, self.run_id, attempt.workdir)  # fmt: skip
         argv = self.agent.argv(job)
         env = dict(os.environ)
