@@ -443,7 +443,7 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
         _emit_json(report) if as_json else _print_preflight(report)
         click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
         sys.exit(3)
-    summary = supervisor.run()
+    summary = supervisor.run(report)
     if as_json:
         _emit_json(summary)
     else:

@@ -162,11 +162,13 @@ class Supervisor:
 
             self.worktrees = Worktrees(self.options.project_dir, self.run_id)
 
-    def run(self) -> dict:
-        """Run the batch to its end (or a drain) and return the summary, also written to summary.json."""
+    def run(self, report: dict | None = None) -> dict:
+        """Run the batch to its end (or a drain) and return the summary, also written to summary.json.
+
+        `report`: this batch's preflight, if the caller just made it (it walks the whole store)."""
         self.prepare()
         self.queue.store.ensure_state()
-        report = self.preflight_report = self.preflight()
+        report = self.preflight_report = report or self.preflight()
         self.queue.store.save_index()  # so each worker process re-reads only the files that change
         self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
         if self.invalid:
@@ -338,10 +340,7 @@ class Supervisor:
     def _finished(self, attempt: Attempt, code: int | None) -> None:
         self.running.pop(attempt.slot, None)
         if attempt.pgid is not None:  # whatever the agent left running in its group goes with it
-            try:
-                os.killpg(attempt.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._signal(attempt, signal.SIGKILL)
         _kill_leftovers(attempt.token)
         entry = self.entries[attempt.task_id]
         entry.exit_codes.append(code)
@@ -432,14 +431,14 @@ class Supervisor:
 
     def _events_size(self) -> int:
         try:
-            return os.path.getsize(os.path.join(self.queue.store.state, "events.jsonl"))
+            return os.path.getsize(self.queue.events_path)
         except OSError:
             return 0
 
     def _events_since(self, attempt: Attempt) -> list[dict]:
         found = []
         try:
-            with open(os.path.join(self.queue.store.state, "events.jsonl"), "rb") as handle:
+            with open(self.queue.events_path, "rb") as handle:
                 handle.seek(attempt.events_offset)
                 for line in handle:
                     try:

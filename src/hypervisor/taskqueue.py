@@ -81,10 +81,14 @@ class TaskQueue:
     def _drop_claim(self, task_id: str) -> None:
         claims.drop_claim(self.store.state, task_id)
 
+    @property
+    def events_path(self) -> str:
+        return os.path.join(self.store.state, "events.jsonl")
+
     def event(self, kind: str, task_id: str, **fields: object) -> None:
         """Append one transition to events.jsonl."""
         record = {"ts": iso(now()), "event": kind, "task": task_id, **fields}
-        fsutil.append_line(os.path.join(self.store.state, "events.jsonl"), json.dumps(record, sort_keys=False))
+        fsutil.append_line(self.events_path, json.dumps(record, sort_keys=False))
 
     # -- the ready queue ----------------------------------------------------------------------------------------
     def ready(self, project: str | None = None, ids: Iterable[str] | None = None,
