@@ -1,22 +1,25 @@
-"""The claim contract on the file backend: atomic, leased, renewable, token-fenced, counted, dead-lettered."""
+"""The claim contract, on both backends (file and Redis): atomic, leased, renewable, token-fenced, counted,
+dead-lettered, with every transition in the event log."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from conftest import write_task
+from conftest import make_queue, write_task
 from hypervisor import taskfile
 from hypervisor.config import Config
 from hypervisor.errors import ClaimRefused, NothingToClaim, UsageError
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
 
 
-def events(root):
-    return [json.loads(line) for line in (root / ".hypervisor" / "events.jsonl").read_text().splitlines()]
+@pytest.fixture
+def queue(root, backend):
+    return make_queue(root, backend)
+
+
+def events(queue):
+    return queue.events()
 
 
 def fields(path):
@@ -40,7 +43,7 @@ def test_claim_is_exclusive_and_complete_needs_the_token(root, queue):
     data = fields(path)
     assert data["status"] == "done" and data["commit"] == "abc1234" and data["custom"] == "kept"
     assert "## Worker log" in path.read_text() and "did it" in path.read_text()
-    assert [e["event"] for e in events(root)] == ["claimed", "completed"]
+    assert [e["event"] for e in events(queue)] == ["claimed", "completed"]
 
 
 def test_queue_order_is_priority_then_created_then_id(root, queue):
@@ -80,7 +83,7 @@ def test_expired_lease_is_taken_over_once_and_the_stale_holder_is_told(root, que
         queue.complete("a", token=first["claim_token"], summary="late")
     with pytest.raises(ClaimRefused, match="claim lost"):
         queue.renew("a", token=first["claim_token"])
-    assert [e["event"] for e in events(root)] == ["claimed", "taken_over"]
+    assert [e["event"] for e in events(queue)] == ["claimed", "taken_over"]
 
 
 def test_renew_extends_the_lease(root, queue):
@@ -102,8 +105,8 @@ def test_release_restores_status_and_assignee_and_keeps_the_attempt(root, queue)
     assert queue.claim_next("w2")["attempts"] == 2
 
 
-def test_dead_letter_after_max_attempts(root):
-    queue = TaskQueue(TaskStore(str(root)), Config(max_attempts=2))
+def test_dead_letter_after_max_attempts(root, backend):
+    queue = make_queue(root, backend, Config(max_attempts=2))
     path = write_task(root, "a", status="active")
     for caller in ("w1", "w2"):
         claim = queue.claim_next(caller)
@@ -112,7 +115,7 @@ def test_dead_letter_after_max_attempts(root):
         queue.claim_next("w3")
     data = fields(path)
     assert data["status"] == "blocked" and data["blocked_reason"] == "max_attempts" and data["attempts"] == 2
-    assert events(root)[-1]["event"] == "dead_letter"
+    assert events(queue)[-1]["event"] == "dead_letter"
 
 
 def test_block_records_the_reason(root, queue):

@@ -1,4 +1,5 @@
-"""Real processes: many claimers racing, a claimer SIGKILLed mid-claim, a write SIGKILLed mid-way."""
+"""Real processes: many claimers racing and a claimer SIGKILLed mid-claim (on both backends), a write SIGKILLed
+mid-way."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_task
+from conftest import make_queue, write_task
 from hypervisor import taskfile
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
@@ -55,10 +56,12 @@ def make_store(root: Path, count: int) -> None:
         write_task(root, f"t{number:05d}", folder=f"f{number % 8}", status=status, priority=number % 5)
 
 
-def race(script: str, args_per_process: list[list[str]]) -> list[str]:
+def race(script: str, args_per_process: list[list[str]], backend: str = "file") -> list[str]:
     """Start every process, release them together through stdin, return their stdout."""
+    env = dict(os.environ, HYPERVISOR_BACKEND=backend)
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, env=env)  # fmt: skip
         for args in args_per_process
     ]
     for proc in procs:
@@ -73,10 +76,10 @@ def race(script: str, args_per_process: list[list[str]]) -> list[str]:
 
 
 @pytest.mark.parametrize("round_", [1, 2])
-def test_sixteen_processes_claim_two_thousand_tasks_exactly_once(tmp_path, round_):
+def test_sixteen_processes_claim_two_thousand_tasks_exactly_once(tmp_path, round_, backend):
     root = tmp_path / "tasks"
     make_store(root, 2000)
-    outputs = race(CLAIM_LOOP, [[str(root), f"w{n}"] for n in range(16)])
+    outputs = race(CLAIM_LOOP, [[str(root), f"w{n}"] for n in range(16)], backend)
     claimed = [task_id for out in outputs for task_id in json.loads(out)]
     counts = Counter(claimed)
     assert len(claimed) == 2000, f"claimed {len(claimed)} times for 2000 tasks"
@@ -84,35 +87,35 @@ def test_sixteen_processes_claim_two_thousand_tasks_exactly_once(tmp_path, round
     assert set(counts) == {f"t{n:05d}" for n in range(2000)}
     workers_used = sum(1 for out in outputs if json.loads(out))
     assert workers_used > 1, "the race never happened: one process claimed everything"
-    events = (root / ".hypervisor" / "events.jsonl").read_text().splitlines()
-    assert Counter(json.loads(line)["event"] for line in events) == {"claimed": 2000}
+    assert Counter(event["event"] for event in make_queue(root, backend).events()) == {"claimed": 2000}
     store = TaskStore(str(root))
     assert {s["status"] for s in store.by_id().values()} == {"in_progress"}
 
 
-def test_claimer_killed_between_lock_and_write_is_taken_over_once_after_the_lease(tmp_path):
+def test_claimer_killed_between_lock_and_write_is_taken_over_once_after_the_lease(tmp_path, backend):
     root = tmp_path / "tasks"
     path = write_task(root, "victim", status="active")
     before = path.read_text()
-    env = dict(os.environ, HYPERVISOR_FAULT="claim-recorded")
+    env = dict(os.environ, HYPERVISOR_FAULT="claim-recorded", HYPERVISOR_BACKEND=backend)
     killed = subprocess.run([sys.executable, "-c", CLAIM_ONE, str(root), "doomed", "1.0"], input="go", env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL
     assert path.read_text() == before, "the task file was written although the claimer died before writing it"
-    assert (root / ".hypervisor" / "claims" / "victim.json").exists()
+    queue = make_queue(root, backend)
+    assert queue.read_claim("victim").caller == "doomed"
 
-    early = race(CLAIM_ONE, [[str(root), "early"]])
+    early = race(CLAIM_ONE, [[str(root), "early"]], backend)
     assert "refused" in json.loads(early[0]) or "nothing to claim" in early[0]
 
     time.sleep(1.1)
-    outputs = race(CLAIM_ONE, [[str(root), f"taker{n}"] for n in range(8)])
+    outputs = race(CLAIM_ONE, [[str(root), f"taker{n}"] for n in range(8)], backend)
     results = [json.loads(out) for out in outputs]
     winners = [r for r in results if "claim_token" in r]
     assert len(winners) == 1, results
     assert winners[0]["attempts"] == 2
     data = taskfile.read_doc(str(path)).data
     assert data["status"] == "in_progress" and data["attempts"] == 2 and data["assignee"] == winners[0]["assignee"]
-    events = [json.loads(line) for line in (root / ".hypervisor" / "events.jsonl").read_text().splitlines()]
+    events = queue.events()
     assert [e["event"] for e in events] == ["taken_over"]
     assert events[0]["previous_caller"] == "doomed"
 

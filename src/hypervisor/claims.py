@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from . import fsutil
-from .errors import ClaimRefused
 from .rules import check_task_id
 from .timeutil import humanize, now
 
@@ -95,8 +94,14 @@ def read_claim(state: str, task_id: str) -> Claim | None:
         data = fsutil.read_json(claim_path(state, task_id))
     except ValueError:
         return None  # a torn record cannot exist (atomic writes); treat garbage as no claim
+    return parse_claim(data)
+
+
+def parse_claim(data: object) -> Claim | None:
+    """The Claim in a decoded record, or None if it is damaged: its holder is refused, and the task can be
+    claimed again."""
     if not isinstance(data, dict) or not _well_formed(data):
-        return None  # a damaged record is no claim: its holder is refused, and the task can be claimed again
+        return None
     return Claim.from_json(data)
 
 
@@ -125,22 +130,3 @@ def drop_claim(state: str, task_id: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def renew_if_held(state: str, task_id: str, token: str, worker: str | None = None) -> Claim | None:
-    """Extend the lease from now if `token` still holds the claim (and note the worker); None if it does not.
-
-    A lease that ran out but was not taken over is renewed: the token is the fence, not the clock.
-    """
-    if not os.path.isdir(os.path.join(state, "locks")):
-        return None
-    with fsutil.locked(lock_path(state, task_id), timeout=LOCK_WAIT_SECONDS) as got:
-        if not got:
-            raise ClaimRefused(f"task {task_id} stayed locked for {LOCK_WAIT_SECONDS:g} s; its lease was not renewed")
-        claim = read_claim(state, task_id)
-        if claim is None or claim.token != token:
-            return None
-        claim.lease_expires_at = now() + claim.lease_seconds
-        if worker and not claim.worker:
-            claim.worker = worker
-        write_claim(state, claim)
-        return claim

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .claimstore import open_claims, resolve_backend
 from .config import Config, load_config, resolve_task_root
 from .errors import HypervisorError
 from .timeutil import parse_duration
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 class Context:
     """What every subcommand needs: settings, the store and the queue, made on first use."""
 
-    def __init__(self, tasks: str | None) -> None:
+    def __init__(self, tasks: str | None, backend: str | None = None) -> None:
         self.tasks_option = tasks
+        self.backend_option = backend
         self._config: Config | None = None
         self._queue: TaskQueue | None = None
 
@@ -47,7 +49,9 @@ class Context:
             from .taskqueue import TaskQueue
 
             root = resolve_task_root(self.tasks_option, self.config)
-            self._queue = TaskQueue(TaskStore(root), self.config)
+            store = TaskStore(root)
+            backend = resolve_backend(self.backend_option, self.config.backend)
+            self._queue = TaskQueue(store, self.config, open_claims(backend, store.state))
         return self._queue
 
 
@@ -63,7 +67,15 @@ class HypervisorGroup(click.Group):
 
 
 def tasks_option(func):
-    """`--tasks DIR` accepted after any subcommand's name."""
+    """`--tasks DIR` and `--backend SPEC`, accepted after any subcommand's name."""
+    func = click.option(
+        "--backend",
+        metavar="SPEC",
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__("backend", value),
+        help="Where claims live: `file` (default; one machine) or `redis://host:port/db` for workers on several "
+        "machines (default: HYPERVISOR_BACKEND, then backend: in .hypervisor.yaml).",
+    )(func)
     return click.option(
         "--tasks",
         "tasks",
@@ -85,7 +97,7 @@ def token_option(func):
 
 
 def _ctx(tasks: str | None) -> Context:
-    return Context(tasks)
+    return Context(tasks, click.get_current_context().meta.get("backend"))
 
 
 def _emit_json(value: Any) -> None:

@@ -50,3 +50,7 @@ class ConfigError(HypervisorError):
 
 class HookInputError(HypervisorError):
     """A hook payload hypervisor cannot read; the hook lets the call through and says why on stderr."""
+
+
+class BackendError(HypervisorError):
+    """The claim backend is misconfigured or cannot be reached: names the backend and what to check."""

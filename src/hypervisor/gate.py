@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from . import claims, rules, workers
+from .claimstore import FileClaims, open_claims
 from .hookinput import ToolCall
 from .timeutil import now
 
@@ -19,14 +20,23 @@ CLAIM_TOOL = {
 
 
 class HookContext:
-    """Where a hook call works: the project folder, the task state folder, and the gate mode in force."""
+    """Where a hook call works: the project folder, the task state folder, the gate mode and the claim backend."""
 
-    __slots__ = ("project_dir", "state", "gate")
+    __slots__ = ("project_dir", "state", "gate", "backend", "_claims")
 
-    def __init__(self, project_dir: str, state: str, gate: str) -> None:
+    def __init__(self, project_dir: str, state: str, gate: str, backend: str = "file") -> None:
         self.project_dir = project_dir
         self.state = state
         self.gate = gate
+        self.backend = backend
+        self._claims: FileClaims | None = None
+
+    @property
+    def claims(self) -> FileClaims:
+        """The claim backend, opened on first use (most hook calls never need it)."""
+        if self._claims is None:
+            self._claims = open_claims(self.backend, self.state, light=True)
+        return self._claims
 
 
 class Verdict:
@@ -95,7 +105,7 @@ def _problem(call: ToolCall, env: Mapping[str, str], context: HookContext) -> st
             f"{CLAIM_TOOL[call.host]}, then make the edit under that claim."
         )
     task_id, token, _ = held
-    claim = claims.read_claim(context.state, task_id)
+    claim = context.claims.read(task_id)
     if claim is None:
         return (
             f"claim lost: your claim on task {task_id} has ended (completed, blocked or released), so you may "

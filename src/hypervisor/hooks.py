@@ -11,6 +11,7 @@ import sys
 
 from . import gate, lightjson, tracker
 from .claims import state_dir
+from .claimstore import resolve_backend
 from .config import load_config, resolve_task_root
 from .errors import HypervisorError
 from .hookinput import ToolCall, parse, read_payload
@@ -24,7 +25,8 @@ def context_for(call: ToolCall, env: Mapping[str, str]) -> gate.HookContext:
     """The project folder, task state folder and gate mode for a call: HYPERVISOR_TASKS > .hypervisor.yaml > ./tasks."""
     project = env.get("GEMINI_PROJECT_DIR" if call.host == "gemini" else "CLAUDE_PROJECT_DIR") or call.cwd
     config = load_config(start=project)
-    return gate.HookContext(project, state_dir(resolve_task_root(None, config, env, base=project)), config.gate)
+    state = state_dir(resolve_task_root(None, config, env, base=project))
+    return gate.HookContext(project, state, config.gate, resolve_backend(None, config.backend, env))
 
 
 def answer(call: ToolCall, verdict: gate.Verdict) -> dict | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import queue as queue_module
 import signal
@@ -13,6 +12,7 @@ import time
 
 from . import rules, workers
 from .agents import Agent, Job, agent_for
+from .claimstore import ENV_BACKEND
 from .errors import ClaimRefused, HypervisorError, NothingToClaim, TaskNotFound, UsageError
 from .runs import RunFolder, new_run_id
 from .taskqueue import TaskQueue
@@ -51,7 +51,7 @@ class Attempt:
     """One worker process on one claimed task."""
 
     def __init__(self, slot: int, worker: str, claim: dict, number: int, log: str, workdir: str,
-                 events_offset: int) -> None:  # fmt: skip
+                 events_offset: object) -> None:  # fmt: skip
         self.slot = slot
         self.worker = worker
         self.task_id: str = claim["id"]
@@ -227,7 +227,8 @@ class Supervisor:
         entry.status = "running"
         log = self.folder.log_path(task_id, entry.attempts)
         entry.logs.append(log)
-        attempt = Attempt(slot, worker, claim, entry.attempts, log, self.options.project_dir, self._events_size())
+        attempt = Attempt(slot, worker, claim, entry.attempts, log, self.options.project_dir,
+                          self.queue.events_cursor())
         self.running[slot] = attempt
         try:
             if self.worktrees is not None:
@@ -259,6 +260,7 @@ class Supervisor:
             workers.ENV_CLAIM_TOKEN: attempt.token,
             workers.ENV_CLAIM: attempt.token,  # for MCP servers under Gemini CLI
             "HYPERVISOR_TASKS": self.queue.store.root,
+            ENV_BACKEND: self.queue.claims.spec,
             "HYPERVISOR_RUN_ID": self.run_id,
             "HYPERVISOR_WORKER_NAME": attempt.worker,
         })  # fmt: skip
@@ -429,27 +431,12 @@ class Supervisor:
         if branch:
             entry.branch, entry.commit = branch, head
 
-    def _events_size(self) -> int:
-        try:
-            return os.path.getsize(self.queue.events_path)
-        except OSError:
-            return 0
-
     def _events_since(self, attempt: Attempt) -> list[dict]:
-        found = []
         try:
-            with open(self.queue.events_path, "rb") as handle:
-                handle.seek(attempt.events_offset)
-                for line in handle:
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict) and event.get("task") == attempt.task_id:
-                        found.append(event)
-        except OSError:
-            pass
-        return found
+            events = self.queue.events(attempt.events_offset)
+        except HypervisorError:
+            return []
+        return [event for event in events if event.get("task") == attempt.task_id]
 
     # -- signals ------------------------------------------------------------------------------------------------
     def _install_signals(self):

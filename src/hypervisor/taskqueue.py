@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -10,6 +9,7 @@ from typing import Iterable, Iterator
 
 from . import claims, fsutil, rules, workers, worklog
 from .claims import Claim
+from .claimstore import FileClaims, open_claims, resolve_backend
 from .config import Config
 from .errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError
 from .store import TaskStore, order_key
@@ -20,75 +20,45 @@ INDEX_MAX_AGE = 1.0
 
 
 class TaskQueue:
-    """Claim, renew, release, complete and block tasks of one store; every transition goes to events.jsonl."""
+    """Claim, renew, release, complete and block tasks of one store; every transition goes to the event log."""
 
-    def __init__(self, store: TaskStore, config: Config | None = None) -> None:
+    def __init__(self, store: TaskStore, config: Config | None = None, claims: FileClaims | None = None) -> None:
         self.store = store
         self.config = config or Config()
         self.host = socket.gethostname()
-        self._claim_cache: dict[str, tuple[tuple[int, int, int], Claim | None]] = {}
+        self.claims = claims or open_claims(resolve_backend(None, self.config.backend), store.state)
 
     # -- claim records ------------------------------------------------------------------------------------------
-    def _claim_path(self, task_id: str) -> str:
-        return claims.claim_path(self.store.state, task_id)
-
     def read_claim(self, task_id: str) -> Claim | None:
         """The claim record of a task, live or expired, or None."""
-        return claims.read_claim(self.store.state, task_id)
+        return self.claims.read(task_id)
 
     def claim_records(self) -> dict[str, Claim]:
         """Every claim record by task id (live or expired)."""
-        at = now()
-        return {
-            task_id: claim
-            for task_id in self._claim_names()
-            if (claim := self._cached_claim(task_id, "", at)) is not None
-        }
-
-    def _claim_names(self) -> set[str]:
-        try:
-            names = os.listdir(os.path.join(self.store.state, "claims"))
-        except FileNotFoundError:
-            return set()
-        return {name[:-5] for name in names if name.endswith(".json") and not name.startswith(".")}
-
-    def _cached_claim(self, task_id: str, status: str, at: float) -> Claim | None:
-        """The claim record of a task that has one, re-read only when its file changed.
-
-        For an in_progress task a cached live lease is trusted without a stat: until it expires, a renewal or a
-        takeover keeps the task claimed, and a release, completion or block rewrites the task file, which the
-        index notices.
-        """
-        cached = self._claim_cache.get(task_id)
-        if status == "in_progress" and cached and cached[1] is not None and not cached[1].expired(at):
-            return cached[1]
-        try:
-            st = os.stat(self._claim_path(task_id))
-        except FileNotFoundError:
-            self._claim_cache.pop(task_id, None)
-            return None
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if cached is None or cached[0] != signature:
-            cached = (signature, self.read_claim(task_id))
-            self._claim_cache[task_id] = cached
-        return cached[1]
+        return self.claims.records()
 
     def live_claims(self) -> dict[str, Claim]:
         """Claims whose lease has not expired, by task id."""
         at = now()
         return {task_id: claim for task_id, claim in self.claim_records().items() if not claim.expired(at)}
 
-    def _drop_claim(self, task_id: str) -> None:
-        claims.drop_claim(self.store.state, task_id)
-
-    @property
-    def events_path(self) -> str:
-        return os.path.join(self.store.state, "events.jsonl")
+    def _drop_claim(self, task_id: str, token: str | None) -> None:
+        """End the claim `token` holds; ClaimRefused if another holder took it over meanwhile."""
+        if not self.claims.drop(task_id, token):
+            current = self.read_claim(task_id)
+            holder = f", now held by {current.caller}" if current else ""
+            raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile{holder}; stop work on it")
 
     def event(self, kind: str, task_id: str, **fields: object) -> None:
-        """Append one transition to events.jsonl."""
-        record = {"ts": iso(now()), "event": kind, "task": task_id, **fields}
-        fsutil.append_line(self.events_path, json.dumps(record, sort_keys=False))
+        """Record one transition in the event log (events.jsonl, or the Redis stream)."""
+        self.claims.event({"ts": iso(now()), "event": kind, "task": task_id, **fields})
+
+    def events(self, since: object = None) -> list[dict]:
+        """The transitions recorded after the cursor `since` (from `events_cursor`), or all of them."""
+        return self.claims.events(since)
+
+    def events_cursor(self) -> object:
+        return self.claims.events_cursor()
 
     # -- the ready queue ----------------------------------------------------------------------------------------
     def ready(self, project: str | None = None, ids: Iterable[str] | None = None,
@@ -103,7 +73,7 @@ class TaskQueue:
         self.store.refresh(max_age)
         ordered, status_of = self.store.queue_view()
         wanted = set(ids) if ids is not None else None
-        with_record = self._claim_names()
+        with_record = self.claims.names(max_age)
         at = now()
         for summary in ordered:
             task_id = summary["id"]
@@ -114,10 +84,10 @@ class TaskQueue:
             status = summary["status"]
             if not self._claimable_status(status, task_id in with_record):
                 continue
-            claim = self._cached_claim(task_id, status, at) if task_id in with_record else None
-            if claim is None and not rules.is_status_claimable(status):
+            live = self.claims.lease_state(task_id, status, at, max_age) if task_id in with_record else None
+            if live is None and not rules.is_status_claimable(status):
                 continue  # its claim record vanished meanwhile: an in_progress task nobody holds is left alone
-            if claim is not None and not claim.expired(at):
+            if live:
                 continue
             if rules.blocking_dependencies(summary["depends_on"], status_of):
                 continue
@@ -173,12 +143,14 @@ class TaskQueue:
         with fsutil.locked(self.store.lock_path(task_id), blocking=blocking) as got:
             if not got:
                 return None
+            # The record (and its fence) is read before the task file: a claimer on another host that wins after
+            # this read moves the fence, so a file read older than its change can never win the acquire below.
+            claim, fence = self.claims.read_fenced(task_id)
             try:
                 summary, doc = self.store.read(known)
             except TaskNotFound as error:
                 return str(error)
             at = now()
-            claim = self.read_claim(task_id)
             if claim is not None and not claim.expired(at):
                 return (
                     f"task {task_id} is already claimed by {claim.caller} until {iso(claim.lease_expires_at)} "
@@ -191,12 +163,6 @@ class TaskQueue:
             if waiting:
                 return f"task {task_id} waits on unfinished dependencies: {', '.join(waiting)}"
             attempts = max(summary["attempts"], claim.attempts if claim else 0) + 1
-            if attempts > self.config.max_attempts:
-                self._dead_letter(task_id, doc, claim, attempts - 1)
-                return (
-                    f"task {task_id} failed {attempts - 1} attempts (max_attempts {self.config.max_attempts}) "
-                    "and was moved to blocked"
-                )
             previous = None
             if claim is not None:
                 previous = {"caller": claim.caller, "token": claim.token, "lease_expires_at": claim.lease_expires_at}
@@ -214,7 +180,15 @@ class TaskQueue:
                 previous=previous,
                 scope=summary["scope"],
             )
-            claims.write_claim(self.store.state, new)
+            winner = self.claims.acquire(new, fence)
+            if winner is not None:
+                return f"task {task_id} was claimed meanwhile by {winner.caller}; claim another task"
+            if attempts > self.config.max_attempts:
+                self._dead_letter(task_id, doc, claim, new.token, attempts - 1)
+                return (
+                    f"task {task_id} failed {attempts - 1} attempts (max_attempts {self.config.max_attempts}) "
+                    "and was moved to blocked"
+                )
             if claim is not None:
                 workers.drop_journal(self.store.state, task_id, claim.token)
             fsutil.fault_point("claim-recorded")
@@ -262,13 +236,14 @@ class TaskQueue:
         result.update(claim_token=claim.token, lease_expires_at=iso(claim.lease_expires_at), attempts=claim.attempts)
         return result
 
-    def _dead_letter(self, task_id: str, doc: TaskDoc, claim: Claim | None, attempts: int) -> None:
+    def _dead_letter(self, task_id: str, doc: TaskDoc, claim: Claim | None, token: str, attempts: int) -> None:
+        """Block a task found over max_attempts at claim time, under the claim `token` just taken for it."""
         doc.set("status", "blocked")
         doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
         doc.set("attempts", attempts)
         doc.set("modified", iso(now()))
+        self._drop_claim(task_id, token)
         self.store.write(doc)
-        self._drop_claim(task_id)
         self.event("dead_letter", task_id, attempts=attempts, reason=rules.DEAD_LETTER_REASON,
                    last_caller=claim.caller if claim else None)  # fmt: skip
 
@@ -310,9 +285,10 @@ class TaskQueue:
         """Extend the lease of a live claim from now; returns `task_id` and the new `lease_expires_at`."""
 
         def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
-            claim.lease_seconds = lease_seconds or claim.lease_seconds
-            claim.lease_expires_at = now() + claim.lease_seconds
-            claims.write_claim(self.store.state, claim)
+            renewed = self.claims.renew(task_id, claim.token, lease_seconds)
+            if renewed is None:
+                raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile; stop work on it")
+            claim = renewed
             self.event("renewed", task_id, caller=claim.caller, lease_expires_at=iso(claim.lease_expires_at))
             return {"id": task_id, "lease_expires_at": iso(claim.lease_expires_at), "caller": claim.caller}
 
@@ -344,7 +320,7 @@ class TaskQueue:
                 if not count_attempt:
                     doc.set("attempts", claim.attempts - 1)
                 doc.set("modified", iso(now()))
-            self._drop_claim(task_id)
+            self._drop_claim(task_id, claim.token)
             workers.drop_journal(self.store.state, task_id, claim.token)
             attempts = claim.attempts if count_attempt else claim.attempts - 1
             self.event("released", task_id, caller=claim.caller, attempts=attempts, reason=reason)
@@ -395,7 +371,7 @@ class TaskQueue:
                 duration_s=log.pop("duration_s", at - claim.claimed_at), **log,  # type: ignore[arg-type]
             )  # fmt: skip
             doc.append_to_section(worklog.HEADING, entry)
-            self._drop_claim(task_id)
+            self._drop_claim(task_id, claim.token)
             workers.drop_journal(self.store.state, task_id, claim.token)
             self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
                        attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
@@ -436,7 +412,7 @@ class TaskQueue:
                 rules.check_transition(task_id, summary["status"], status)
                 doc.set("status", status)
                 if held is not None and status != "in_progress":
-                    self._drop_claim(task_id)
+                    self._drop_claim(task_id, held.token)
             if assignee is not None:
                 doc.set("assignee", assignee)
             if priority is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import claims, workers
+from . import workers
 from .gate import HookContext, held_claim, relative
 from .hookinput import ToolCall
 
@@ -29,7 +29,7 @@ def track(call: ToolCall, env: Mapping[str, str], context: HookContext) -> None:
     if held is None:
         return
     task_id, token, from_env = held
-    claim = claims.renew_if_held(state, task_id, token, worker=call.worker.label)
+    claim = context.claims.renew_unlocked(task_id, token, worker=call.worker.label)
     if claim is None:
         if not from_env:
             workers.unbind(state, call.worker)  # completed, blocked, released or taken over: gate it again

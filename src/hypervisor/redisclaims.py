@@ -1,0 +1,330 @@
+"""Claims, leases and events on Redis, for workers on several machines: every change is one Lua script, so it is
+atomic on the server; leases expire by server-side TTL; every holder change is compared-and-set on the token."""
+
+from __future__ import annotations
+
+import hashlib
+
+from . import lightjson
+from .claims import Claim, parse_claim
+from .errors import BackendError
+from .timeutil import now
+
+TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
+if TYPE_CHECKING:
+    from typing import Callable
+
+DEFAULT_NAMESPACE = "hypervisor"
+EVENTS_MAXLEN = 1_000_000  # the stream is trimmed (approximately) beyond this many events
+
+# Keys, under `<namespace>:`: claim:<id> the record (JSON, kept after its lease runs out, until the claim ends),
+# lease:<id> the holder's token with the lease as its TTL (it exists exactly while the lease is live),
+# seq:<id> a counter bumped by every claim and every end of a claim (the fence a claimer compares),
+# claimed the set of ids with a record, events the stream of transitions.
+SCRIPTS = {
+    "read": """
+        return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2]),
+                redis.call('GET', KEYS[3]) or '0'}
+    """,
+    # ARGV: task id, the seq the claimer read, the new record, lease ms, token
+    "acquire": """
+        local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+        if seq ~= tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
+        redis.call('SET', KEYS[1], ARGV[3])
+        redis.call('SET', KEYS[3], seq + 1)
+        redis.call('SADD', KEYS[4], ARGV[1])
+        return 1
+    """,
+    # ARGV: the record as read, the renewed record, token, lease ms
+    "renew": """
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        redis.call('SET', KEYS[1], ARGV[2])
+        redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+        return 1
+    """,
+    # ARGV: token ('' for whoever holds it), task id
+    "drop": """
+        local raw = redis.call('GET', KEYS[1])
+        if not raw then return ARGV[1] == '' and 1 or 0 end
+        if ARGV[1] ~= '' and cjson.decode(raw).token ~= ARGV[1] then return 0 end
+        redis.call('DEL', KEYS[1], KEYS[2])
+        redis.call('INCR', KEYS[3])
+        redis.call('SREM', KEYS[4], ARGV[2])
+        return 1
+    """,
+    # ARGV: the key prefix
+    "records": """
+        local out = {}
+        for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+            local raw = redis.call('GET', ARGV[1] .. 'claim:' .. id)
+            if raw then
+                local lease = redis.call('GET', ARGV[1] .. 'lease:' .. id)
+                table.insert(out, id)
+                table.insert(out, raw)
+                table.insert(out, lease or '')
+                table.insert(out, redis.call('PTTL', ARGV[1] .. 'lease:' .. id))
+            end
+        end
+        return out
+    """,
+    # ARGV: max length, the event as JSON
+    "event": "return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])",
+    "events_end": """
+        local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+        if #last == 0 then return '0-0' end
+        return last[1][1]
+    """,
+    # ARGV: exclusive start id, count
+    "events": """
+        local out = {}
+        for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])) do
+            table.insert(out, entry[1])
+            table.insert(out, entry[2][2])
+        end
+        return out
+    """,
+    # ARGV: the key prefix
+    "names": """
+        local out = {}
+        for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+            table.insert(out, id)
+            table.insert(out, redis.call('PTTL', ARGV[1] .. 'lease:' .. id))
+        end
+        return out
+    """,
+    "ping": "return redis.call('PING')",
+}
+SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+
+
+class _NoScript(Exception):
+    pass
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(the URL a Redis client takes, the key namespace) of `redis://host:port/db?namespace=NAME`."""
+    base, _, query = spec.partition("?")
+    namespace = DEFAULT_NAMESPACE
+    kept = []
+    for pair in filter(None, query.split("&")):
+        key, _, value = pair.partition("=")
+        if key == "namespace":
+            if not value or not all(c.isalnum() or c in "-_." for c in value):
+                raise BackendError(f"backend {spec!r}: namespace {value!r} is not allowed: use letters, digits, - _ .")
+            namespace = value
+        else:
+            kept.append(pair)
+    return base + ("?" + "&".join(kept) if kept else ""), namespace
+
+
+class RedisClaims:
+    """The claim backend on one Redis database; same contract as FileClaims, atomic across machines."""
+
+    kind = "redis"
+    shared = True  # other hosts change claims without our flocks: a claim is fenced by `seq`, checked on the server
+
+    def __init__(self, spec: str, state: str, light: bool = False) -> None:
+        self.spec = spec
+        self.state = state
+        self.url, self.namespace = parse_spec(spec)
+        self.prefix = self.namespace + ":"
+        self._light = light
+        self._call: Callable[..., object] | None = None
+        self._closer: Callable[[], None] = lambda: None
+        self._leases: dict[str, bool] = {}
+
+    def describe(self) -> str:
+        return f"redis ({self.url}, namespace {self.namespace})"
+
+    # -- the connection -------------------------------------------------------------------------------------
+    def _connect(self) -> Callable[..., object]:
+        if self._light and self.url.startswith("redis://"):
+            return self._connect_light()
+        try:
+            import redis
+        except ImportError:  # a hook started with `python -S` and a TLS or unix URL: needs redis-py after all
+            import site
+
+            site.main()
+            import redis
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        except ValueError as error:
+            raise BackendError(f"backend {self.spec!r} is not a Redis URL: {error}") from None
+        errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+        def call(*args: object) -> object:
+            try:
+                return client.execute_command(*args)
+            except redis.exceptions.NoScriptError:
+                raise _NoScript() from None
+            except errors as error:
+                raise BackendError(f"cannot reach Redis at {self.url}: {error}") from None
+            except redis.exceptions.RedisError as error:
+                raise BackendError(f"Redis at {self.url} refused {args[0]}: {error}") from None
+
+        self._closer = client.close
+        return call
+
+    def _connect_light(self) -> Callable[..., object]:
+        from urllib.parse import unquote, urlsplit
+
+        from . import resp
+
+        parts = urlsplit(self.url)
+        try:
+            db = int(parts.path.strip("/") or 0)
+            port = parts.port or 6379
+        except ValueError as error:
+            raise BackendError(f"backend {self.spec!r} is not a Redis URL: {error}") from None
+        password = unquote(parts.password) if parts.password is not None else None
+        username = unquote(parts.username) if parts.username else None
+        connection = resp.Connection(parts.hostname or "127.0.0.1", port, db, username, password)
+
+        def call(*args: object) -> object:
+            try:
+                return connection.call(*args)
+            except resp.ReplyError as error:
+                if str(error).startswith("NOSCRIPT"):
+                    raise _NoScript() from None
+                raise BackendError(f"Redis at {self.url} refused {args[0]}: {error}") from None
+
+        self._closer = connection.close
+        return call
+
+    def _run(self, name: str, keys: list[str], *args: object) -> object:
+        if self._call is None:
+            self._call = self._connect()
+        try:
+            return self._call("EVALSHA", SHAS[name], len(keys), *keys, *args)
+        except _NoScript:
+            return self._call("EVAL", SCRIPTS[name], len(keys), *keys, *args)
+
+    def close(self) -> None:
+        self._closer()
+        self._call = None
+
+    def ping(self) -> None:
+        """Raise BackendError unless the server answers."""
+        self._run("ping", [])
+
+    def _keys(self, task_id: str) -> list[str]:
+        return [f"{self.prefix}claim:{task_id}", f"{self.prefix}lease:{task_id}", f"{self.prefix}seq:{task_id}",
+                f"{self.prefix}claimed"]  # fmt: skip
+
+    # -- records --------------------------------------------------------------------------------------------
+    def read(self, task_id: str) -> Claim | None:
+        """The claim record of a task, live or expired, or None."""
+        return self.read_fenced(task_id)[0]
+
+    def read_fenced(self, task_id: str) -> tuple[Claim | None, int]:
+        """The record and its `seq`, read in one step; `acquire` succeeds only if `seq` has not moved since."""
+        raw, lease, ttl, seq = self._run("read", self._keys(task_id)[:3])  # type: ignore[misc]
+        return _claim(raw, lease, ttl), int(seq)
+
+    def names(self, max_age: float | None = None) -> set[str]:
+        """Ids of the tasks that have a claim record (live or expired), with their leases for `lease_state`:
+        one round trip per look at the queue, never one per task."""
+        flat = self._run("names", [self.prefix + "claimed"], self.prefix)
+        self._leases = {flat[i].decode(): flat[i + 1] > 0 for i in range(0, len(flat), 2)}  # type: ignore
+        return set(self._leases)
+
+    def lease_state(self, task_id: str, status: str, at: float, max_age: float | None = None) -> bool | None:
+        """Whether the task's lease is live as of the last `names()`; None if it had no claim record."""
+        return self._leases.get(task_id)
+
+    def records(self) -> dict[str, Claim]:
+        """Every claim record by task id (live or expired)."""
+        flat = self._run("records", [self.prefix + "claimed"], self.prefix)
+        found = {}
+        for index in range(0, len(flat), 4):  # type: ignore[arg-type]
+            task_id, raw, lease, ttl = flat[index : index + 4]  # type: ignore[index]
+            claim = _claim(raw, lease or None, ttl)
+            if claim is not None:
+                found[task_id.decode()] = claim
+        return found
+
+    # -- changes --------------------------------------------------------------------------------------------
+    def acquire(self, new: Claim, fence: object) -> Claim | None:
+        """Store `new` unless a lease is live or the record changed since it was read with `fence` (its seq)."""
+        lease_ms = max(1, int(new.lease_seconds * 1000))
+        record = lightjson.dumps(new.to_json())
+        won = self._run("acquire", self._keys(new.task_id), new.task_id, int(fence or 0), record, lease_ms, new.token)
+        if won == 1:
+            return None
+        return self.read(new.task_id) or new
+
+    def renew(self, task_id: str, token: str, lease_seconds: float | None = None,
+              worker: str | None = None) -> Claim | None:  # fmt: skip
+        """Extend the lease from now if `token` holds the record (expired but not taken over counts); else None."""
+        keys = self._keys(task_id)[:2]
+        for _ in range(20):  # the record changes under us only by a renewal of the same holder (a hook and the
+            raw = self._run("read", self._keys(task_id)[:3])[0]  # supervisor both renew): try again
+            claim = _claim(raw)
+            if claim is None or claim.token != token:
+                return None
+            claim.lease_seconds = lease_seconds or claim.lease_seconds
+            claim.lease_expires_at = now() + claim.lease_seconds
+            if worker and not claim.worker:
+                claim.worker = worker
+            new = lightjson.dumps(claim.to_json())
+            if self._run("renew", keys, raw, new, token, max(1, int(claim.lease_seconds * 1000))) == 1:
+                return claim
+        raise BackendError(f"task {task_id}: the claim record kept changing; its lease was not renewed")
+
+    def renew_unlocked(self, task_id: str, token: str, worker: str | None = None) -> Claim | None:
+        """`renew` for hooks: the compare-and-set needs no lock."""
+        return self.renew(task_id, token, worker=worker)
+
+    def drop(self, task_id: str, token: str | None) -> bool:
+        """End the claim if `token` holds it (None: whoever holds it); False if it does not."""
+        return self._run("drop", self._keys(task_id), token or "", task_id) == 1
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def event(self, record: dict) -> None:
+        """Append one transition to the stream."""
+        self._run("event", [self.prefix + "events"], EVENTS_MAXLEN, lightjson.dumps(record))
+
+    def events_cursor(self) -> object:
+        """The id of the last event now; `events(since=...)` returns what was added after it."""
+        return self._run("events_end", [self.prefix + "events"]).decode()  # type: ignore[union-attr]
+
+    def events(self, since: object = None) -> list[dict]:
+        """The events after `since` (a stream id), or all of them, oldest first."""
+        found: list[dict] = []
+        cursor = str(since or "0-0")
+        while True:
+            flat = self._run("events", [self.prefix + "events"], cursor, 1000)
+            for index in range(0, len(flat), 2):  # type: ignore[arg-type]
+                cursor = flat[index].decode()  # type: ignore[index]
+                try:
+                    event = lightjson.loads(flat[index + 1])  # type: ignore[index]
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    found.append(event)
+            if len(flat) < 2000:  # type: ignore[arg-type]
+                return found
+
+
+def _claim(raw: bytes | None, lease: bytes | None = None, ttl: int | None = None) -> Claim | None:
+    """A Claim whose `lease_expires_at` is on this machine's clock: now + the server's TTL while the lease is live,
+    else in the past (as stored, if `ttl` is None). The server's clock decides expiry, so hosts whose clocks
+    disagree still agree on it."""
+    if raw is None:
+        return None
+    try:
+        claim = parse_claim(lightjson.loads(raw))
+    except ValueError:
+        return None
+    if claim is None:
+        return None
+    if ttl is None:
+        return claim
+    at = now()
+    if lease is not None and lease.decode() == claim.token and ttl > 0:
+        claim.lease_expires_at = at + ttl / 1000.0
+    else:
+        claim.lease_expires_at = min(claim.lease_expires_at, at - 0.001)
+    return claim
