@@ -2,7 +2,8 @@
 """The project's two entry points: `python3 dev.py demo` (the main job) and `python3 dev.py test` (the test suite).
 
 Each sets itself up first: a virtual environment in .venv with the pinned dependencies of requirements.lock.
-Needs only Python 3.10+, pip and (for later, real-CLI tests) npm. Exits with the status of what it ran.
+Needs only Python 3.10+, pip and npm (the real-CLI tests install Claude Code and Gemini CLI); `test` also installs
+Debian's redis-server when it is missing and it runs as root. Exits with the status of what it ran.
 """
 
 from __future__ import annotations
@@ -63,8 +64,28 @@ def demo() -> None:
     sys.exit(code)
 
 
+def ensure_redis_server() -> None:
+    """The Redis backend's tests start their own redis-server: install Debian's package if it is missing.
+
+    Needs root and apt-get (as on CI); elsewhere says what to install. Never skipped: without it those tests fail."""
+    if shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        say("redis-server is missing and cannot be installed from here (needs root and apt-get): install it "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), or the Redis tests fail")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    command = [apt, "install", "-y", "--no-install-recommends", "redis-server"]
+    say("installing Debian's redis-server for the Redis backend tests")
+    if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        run(apt, "update", env=env)
+        run(*command, env=env)
+
+
 def test(pytest_args: list[str]) -> None:
     """The whole test suite."""
+    ensure_redis_server()
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
     sys.exit(result.returncode)
