@@ -151,3 +151,36 @@ def test_stats_and_preflight(root, queue):
     stats = queue.stats(by_project=True)
     assert stats["total"] == 5 and stats["claimed"] == 1 and stats["ready"] == 1
     assert stats["by_status"]["in_progress"] == 1
+
+
+def test_a_lease_that_ran_out_but_was_not_taken_over_is_renewed_the_token_is_the_fence(root, queue):
+    write_task(root, "a")
+    claim = queue.claim_next("w1", lease_seconds=0.3)
+    time.sleep(0.4)
+    assert [t["id"] for t in queue.ready()] == ["a"]
+    queue.renew("a", token=claim["claim_token"], lease_seconds=60)
+    with pytest.raises(NothingToClaim):
+        queue.claim_next("w2")
+    queue.complete("a", token=claim["claim_token"], summary="finished after all")
+    assert [e["event"] for e in events(queue)] == ["claimed", "renewed", "completed"]
+
+
+def test_the_holder_cancelling_its_task_ends_the_claim(root, queue):
+    path = write_task(root, "a", status="active")
+    claim = queue.claim_next("w1")
+    queue.update("a", token=claim["claim_token"], status="cancelled", note="not needed")
+    assert fields(path)["status"] == "cancelled" and queue.read_claim("a") is None
+    assert queue.live_claims() == {} and queue.claim_records() == {}
+    with pytest.raises(ClaimRefused, match="no live claim"):
+        queue.renew("a", token=claim["claim_token"])
+
+
+def test_the_event_log_reads_from_a_cursor(root, queue):
+    write_task(root, "a")
+    write_task(root, "b")
+    queue.claim_next("w1", task_id="a")
+    cursor = queue.events_cursor()
+    queue.claim_next("w2", task_id="b")
+    assert [(e["event"], e["task"]) for e in queue.events(cursor)] == [("claimed", "b")]
+    assert [e["task"] for e in queue.events()] == ["a", "b"]
+    assert queue.events(queue.events_cursor()) == []

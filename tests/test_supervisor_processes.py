@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HYPERVISOR, run_cli, write_task
+from conftest import HYPERVISOR, make_queue, run_cli, write_task
 from hypervisor.runs import load_run, validate_summary
 from hypervisor.taskfile import read_doc
 
@@ -62,14 +62,15 @@ def running_view(root: Path) -> dict | None:
     return view if view.get("running") else None
 
 
-def test_cli_run_ends_each_task_as_its_worker_did_and_writes_a_valid_summary(root):
+def test_cli_run_ends_each_task_as_its_worker_did_and_writes_a_valid_summary(root, backend):
     write_task(root, "ok-1", script="complete")
     write_task(root, "ok-2", script="sleep-complete 0.5")
     write_task(root, "stop", script="block")
     write_task(root, "crashy", script="crash")
     write_task(root.parent / "tasks", "later", script="complete", depends_on=["ok-1"])
     (root.parent / ".hypervisor.yaml").write_text("max_attempts: 2\n")
-    result = run_cli("run", "--tasks", str(root), "--workers", "3", "--agent", SCRIPTED, "--json", cwd=root.parent)
+    result = run_cli("run", "--tasks", str(root), "--workers", "3", "--agent", SCRIPTED, "--json", "--backend", backend,
+                     cwd=root.parent)  # fmt: skip
     assert result.returncode == 1, result.stderr  # a task was dead-lettered
     summary = json.loads(result.stdout)
     validate_summary(summary)
@@ -84,6 +85,8 @@ def test_cli_run_ends_each_task_as_its_worker_did_and_writes_a_valid_summary(roo
     assert data(root, "crashy")["blocked_reason"] == "max_attempts"
     for task_id in ("ok-1", "ok-2", "later"):
         assert data(root, task_id)["status"] == "done"
+    events = [event["event"] for event in make_queue(root, backend).events()]
+    assert events.count("completed") == 3 and events.count("dead_letter") == 1, events
     log = Path(by_id["ok-2"]["log"])
     assert log.is_file() and "sleep-complete" in log.read_text()
     assert log.parent == root / ".hypervisor" / "runs" / summary["run_id"] / "logs"
@@ -170,9 +173,9 @@ def test_status_reads_a_running_run_from_disk(root):
     assert json.loads(out)["workers"][0]["status"] == "done"
 
 
-def test_a_killed_supervisor_is_reported_dead_and_its_claims_expire_for_the_next_run(root):
+def test_a_killed_supervisor_is_reported_dead_and_its_claims_expire_for_the_next_run(root, backend):
     write_task(root, "orphaned", script="hang")
-    (root.parent / ".hypervisor.yaml").write_text("lease: 1s\n")
+    (root.parent / ".hypervisor.yaml").write_text(f"lease: 1s\nbackend: '{backend}'\n")
     proc = start_run(root, "--agent", SCRIPTED)
     view = wait_for(lambda: running_view(root), "the worker to start")
     proc.kill()

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from typing import Callable
 
 DEFAULT_NAMESPACE = "hypervisor"
+UNREACHABLE_HINT = ("(is redis-server running there? the backend comes from --backend, HYPERVISOR_BACKEND or "
+                    "backend: in .hypervisor.yaml)")
 EVENTS_MAXLEN = 1_000_000  # the stream is trimmed (approximately) beyond this many events
 
 # Keys, under `<namespace>:`: claim:<id> the record (JSON, kept after its lease runs out, until the claim ends),
@@ -160,7 +162,7 @@ class RedisClaims:
             except redis.exceptions.NoScriptError:
                 raise _NoScript() from None
             except errors as error:
-                raise BackendError(f"cannot reach Redis at {self.url}: {error}") from None
+                raise BackendError(f"cannot reach Redis at {self.url}: {error} {UNREACHABLE_HINT}") from None
             except redis.exceptions.RedisError as error:
                 raise BackendError(f"Redis at {self.url} refused {args[0]}: {error}") from None
 
