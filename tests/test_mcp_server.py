@@ -10,13 +10,14 @@ import sys
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import REPO, write_task
+from conftest import REPO, make_queue, write_task
 from hypervisor import taskfile
 from hypervisor.mcp_server import TOOL_NAMES
 
 
-def server_params(root) -> StdioServerParameters:
+def server_params(root, backend: str = "file") -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERVISOR_")}
+    env["HYPERVISOR_BACKEND"] = backend
     return StdioServerParameters(
         command=sys.executable, args=[str(REPO / "scripts" / "launch.py"), "mcp", "--tasks", str(root)], env=env
     )
@@ -34,8 +35,8 @@ def error_text(result) -> str:
     return result.content[0].text
 
 
-async def scenario(root):
-    async with Client(server_params(root)) as client:
+async def scenario(root, backend):
+    async with Client(server_params(root, backend)) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         assert set(tools) == set(TOOL_NAMES)
         for name, tool in tools.items():
@@ -79,10 +80,10 @@ async def scenario(root):
         assert task["status"] == "done" and "wrote the thing" in task["body"]
 
 
-def test_mcp_server_over_stdio(root):
+def test_mcp_server_over_stdio(root, backend):
     path_a = write_task(root, "a", status="active", priority=0, keep="me")
     path_b = write_task(root, "b", status="active", priority=1)
-    asyncio.run(scenario(root))
+    asyncio.run(scenario(root, backend))
     data = taskfile.read_doc(str(path_a)).data
     assert data["status"] == "done" and data["commit"] == "abc1234" and data["keep"] == "me"
     assert "## Worker log" in path_a.read_text() and "wrote the thing" in path_a.read_text()
@@ -90,8 +91,8 @@ def test_mcp_server_over_stdio(root):
     assert doc_b.data["priority"] == 0 and doc_b.data["status"] == "active" and "halfway" in doc_b.body
 
 
-async def supervised_scenario(root, token: str):
-    params = server_params(root)
+async def supervised_scenario(root, token: str, backend: str):
+    params = server_params(root, backend)
     params.env.update(HYPERVISOR_TASK_ID="mine", HYPERVISOR_CLAIM_TOKEN=token, HYPERVISOR_WORKER="1")
     async with Client(params) as client:
         other = error_text(await client.call_tool("claim_next_task", {"caller": "model", "task_id": "other"}))
@@ -106,9 +107,9 @@ async def supervised_scenario(root, token: str):
         assert "claim lost" in lost
 
 
-def test_a_supervised_worker_is_handed_the_supervisors_claim(root, queue):
+def test_a_supervised_worker_is_handed_the_supervisors_claim(root, backend):
     write_task(root, "mine")
     write_task(root, "other")
-    claim = queue.claim_next("w1-abcd", task_id="mine")
-    asyncio.run(supervised_scenario(root, claim["claim_token"]))
+    claim = make_queue(root, backend).claim_next("w1-abcd", task_id="mine")
+    asyncio.run(supervised_scenario(root, claim["claim_token"], backend))
     assert taskfile.read_doc(str(root / "other.md")).data.get("status") is None  # never claimed
