@@ -110,7 +110,9 @@ class TaskStore:
         try:
             with open(self._index_path(), "rb") as handle:
                 saved = json.loads(handle.read())
-            if saved.get("version") == INDEX_VERSION and saved.get("root") == self.root:
+            # Entries are keyed by path relative to the root and checked by (mtime, size, inode), so an index
+            # stays valid for a host that mounts the same folder at another path, and a copy re-reads its files.
+            if saved.get("version") == INDEX_VERSION:
                 self._entries = saved["entries"]
         except (OSError, ValueError, KeyError, AttributeError):
             self._entries = {}
