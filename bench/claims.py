@@ -1,23 +1,31 @@
-"""Claims/s of hypervisor's TaskQueue.claim_next with 1/4/16 processes, beside a re-creation of the seed's mkdir-per-item loop."""
+"""Claims/s of hypervisor's TaskQueue.claim_next with 1/4/16 processes on the file and Redis backends, beside the seed's mkdir loop."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import multiprocessing
 import os
 import queue as queue_module
+import secrets
 import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 from benchlib import ForeignLoad, emit, source_fingerprint
 
 SUBFOLDERS = 10
+REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server")
+PATHS = (("hypervisor", "hypervisor, file"), ("redis", "hypervisor, redis"), ("seed", "seed mkdir loop"))
 
 
 # -- the store ----------------------------------------------------------------------------------------------------
@@ -56,15 +64,86 @@ def fresh_copy(template: str, workdir: str) -> str:
     return root
 
 
+# -- the private redis-server -------------------------------------------------------------------------------------
+class RedisServer(NamedTuple):
+    url: str  # redis://127.0.0.1:<port>/0, without a namespace
+    pid: int
+    version: str
+
+
+@contextlib.contextmanager
+def private_redis(folder: str) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free 127.0.0.1 port, persisting nothing; stopped on leaving, error or not."""
+    exe = shutil.which("redis-server") or next((p for p in REDIS_SERVER_PATHS if os.path.exists(p)), None)
+    if exe is None:
+        raise SystemExit("claims benchmark: redis-server is not installed, so the Redis column cannot be measured. "
+                         "Install it (Debian/Ubuntu: apt-get install redis-server) or pass --no-redis.")  # fmt: skip
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    version = next((word[2:] for word in version.split() if word.startswith("v=")), version.strip())
+    os.makedirs(folder)
+    port, log = free_port(), os.path.join(folder, "redis.log")
+    server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", folder, "--logfile", log], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+    try:
+        wait_for_ping(port, server, log)
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", server.pid, version)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(port: int, server: subprocess.Popen, log: str) -> None:
+    """Return once the server answers PING; RuntimeError with its log if it exits or stays silent for 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            tail = Path(log).read_text(errors="replace")[-2000:] if os.path.exists(log) else "(no log)"
+            raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}:\n{tail}")
+        time.sleep(0.05)
+
+
+def _die_with_parent() -> None:
+    """In the redis-server child before exec: have Linux SIGTERM it if the benchmark dies, even by SIGKILL, when no
+    `finally` runs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def redis_spec(url: str) -> str:
+    """The backend spec of one round: the private server with a namespace of its own, so rounds share no claims."""
+    return f"{url}?namespace=bench{secrets.token_hex(6)}"
+
+
 # -- hypervisor worker --------------------------------------------------------------------------------------------
-def hv_worker(root: str, name: str, ready, go, budget: float, results) -> None:
-    """Loop claim_next() until NothingToClaim (or the time budget runs out); report the claimed ids."""
+def hv_worker(root: str, spec: str, name: str, ready, go, budget: float, results) -> None:
+    """Loop claim_next() on backend `spec` until NothingToClaim (or the time budget runs out); report the ids."""
     try:
         from hypervisor.errors import NothingToClaim
-        from hypervisor.store import TaskStore
-        from hypervisor.taskqueue import TaskQueue
 
-        queue = TaskQueue(TaskStore(root))
+        queue = open_queue(root, spec)
+        queue.events_cursor()  # Redis: import redis-py (~0.3 s) and connect before the clock, like the imports above
         ids: list[str] = []
         times: list[float] = []
         ready.put(name)
@@ -87,6 +166,16 @@ def hv_worker(root: str, name: str, ready, go, budget: float, results) -> None:
         ready.put(name)
         results.put({"name": name, "ids": [], "times": [], "end": time.monotonic(), "timed_out": False,
                      "error": repr(error)})  # fmt: skip
+
+
+def open_queue(root: str, spec: str):
+    """A TaskQueue on `root` with its claims on backend `spec` (named here, so HYPERVISOR_BACKEND cannot change it)."""
+    from hypervisor.claimstore import open_claims
+    from hypervisor.store import TaskStore
+    from hypervisor.taskqueue import TaskQueue
+
+    store = TaskStore(root)
+    return TaskQueue(store, claims=open_claims(spec, store.state))
 
 
 # -- the seed's loop, re-created ----------------------------------------------------------------------------------
@@ -136,7 +225,7 @@ def seed_worker(queue_file: str, locks_dir: str, results_dir: str, name: str, re
 def run_workers(ctx, target, args_of, procs: int) -> tuple[float, list[dict]]:
     """Start `procs` workers, wait until all are set up, release them together; (elapsed seconds, their reports)."""
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    load = ForeignLoad()
+    load = ForeignLoad(HELPER_PIDS)
     workers = []
     for n in range(procs):
         name = f"bench-w{n:02d}"
@@ -154,6 +243,7 @@ def run_workers(ctx, target, args_of, procs: int) -> tuple[float, list[dict]]:
     for report in reports:
         report["start"] = start
         report["foreign_cpu"] = foreign
+        report["server_cpu"] = load.helper_cpu
     return elapsed, reports
 
 
@@ -195,24 +285,37 @@ def check_ids(reports: list[dict], expected: list[str]) -> dict:
         "timed_out": any(report["timed_out"] for report in reports),
         "errors": [report["error"] for report in reports if report["error"]],
         "foreign_cpu": reports[0]["foreign_cpu"],
+        "server_cpu": reports[0]["server_cpu"],
     }
 
 
-def check_events(root: str, expected: list[str]) -> dict:
-    """Count the 'claimed' (and 'taken_over') lines per task in events.jsonl."""
+def file_events(root: str) -> list[dict]:
+    """The lines of events.jsonl, read directly rather than through the code under test."""
+    try:
+        with open(os.path.join(root, ".hypervisor", "events.jsonl"), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+    except FileNotFoundError:
+        return []
+
+
+def redis_events(root: str, spec: str) -> list[dict]:
+    """The events of a Redis round, from its stream through TaskQueue.events()."""
+    queue = open_queue(root, spec)
+    try:
+        return queue.events()
+    finally:
+        queue.claims.close()
+
+
+def check_events(events: list[dict], expected: list[str]) -> dict:
+    """Count the 'claimed' (and 'taken_over') events per task."""
     per_task: collections.Counter = collections.Counter()
     taken_over = 0
-    path = os.path.join(root, ".hypervisor", "events.jsonl")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                event = json.loads(line)
-                if event["event"] == "claimed":
-                    per_task[event["task"]] += 1
-                elif event["event"] == "taken_over":
-                    taken_over += 1
-    except FileNotFoundError:
-        pass
+    for event in events:
+        if event["event"] == "claimed":
+            per_task[event["task"]] += 1
+        elif event["event"] == "taken_over":
+            taken_over += 1
     return {
         "claimed_lines": sum(per_task.values()),
         "tasks_claimed_once": sum(1 for task_id in expected if per_task[task_id] == 1),
@@ -221,16 +324,26 @@ def check_events(root: str, expected: list[str]) -> dict:
     }
 
 
-def measure_hypervisor(ctx, template: str, workdir: str, procs: int, expected: list[str]) -> dict:
+def prepared_copy(template: str, workdir: str) -> str:
+    """A fresh copy of the store, its index built before the clock starts, as a prior `hypervisor list` would have."""
     from hypervisor.store import TaskStore
 
     root = fresh_copy(template, workdir)
-    store = TaskStore(root)  # build the index before the clock starts, as a prior `hypervisor list` would have
     if ARGS.index:
+        store = TaskStore(root)
         store.refresh()
         store.save_index()
-    elapsed, reports = run_workers(ctx, hv_worker, lambda name: (root,), procs)
-    result = {"procs": procs, "seconds": elapsed, **check_ids(reports, expected), "events": check_events(root, expected),
+    return root
+
+
+def measure_hypervisor(ctx, template: str, workdir: str, procs: int, expected: list[str], backend: str) -> dict:
+    """One drain with `procs` workers; `backend` is "file" or the private server's URL (a fresh namespace is added)."""
+    root = prepared_copy(template, workdir)
+    spec = backend if backend == "file" else redis_spec(backend)
+    elapsed, reports = run_workers(ctx, hv_worker, lambda name: (root, spec), procs)
+    events = file_events(root) if spec == "file" else redis_events(root, spec)
+    result = {"procs": procs, "backend": "file" if spec == "file" else "redis", "seconds": elapsed,
+              **check_ids(reports, expected), "events": check_events(events, expected),
               **window_rates(reports)}  # fmt: skip
     result["claims_per_s"] = result["claims"] / elapsed if elapsed > 0 else 0.0
     shutil.rmtree(os.path.dirname(root))
@@ -256,6 +369,15 @@ def measure_seed(ctx, template: str, workdir: str, procs: int, expected: list[st
     return result
 
 
+def exactly_once(runs: list[dict]) -> bool:
+    """Every run: each task returned to exactly one worker and claimed exactly once in the event log, no errors."""
+    return all(
+        r["unique"] == ARGS.tasks and r["duplicated"] == 0 and not r["errors"]
+        and r["events"]["tasks_claimed_once"] == ARGS.tasks and r["events"]["claimed_lines"] == ARGS.tasks
+        for r in runs
+    )  # fmt: skip
+
+
 def median_of(runs: list[dict]) -> dict:
     """The run with the median claims/s (so its checks stay attached), plus every run's figure."""
     ordered = sorted(runs, key=lambda r: r["claims_per_s"])
@@ -279,79 +401,103 @@ def rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# (its claims/s over the seed loop's, over the file backend's) in a row, by claim path
+RATIO_KEYS = {"hypervisor": ("ratio_hv_over_seed", None), "redis": ("ratio_redis_over_seed", "ratio_redis_over_file"),
+              "seed": (None, None)}  # fmt: skip
+EXACTLY_ONCE_KEYS = {"hypervisor": "hv_exactly_once", "redis": "redis_exactly_once"}
+
+
+def path_line(row: dict, key: str, label: str, base: float) -> str:
+    """One claim path at one process count."""
+    r = row[key]
+    decay = (r["last_10pct"] / r["first_10pct"]) if r["first_10pct"] else None
+    runs = r["all_claims_per_s"]
+    spread = f"{min(runs):.0f}-{max(runs):.0f}" if len(runs) > 1 else "-"
+    over_seed, over_file = (row[k] if k else None for k in RATIO_KEYS[key])
+    server = f"{r['server_cpu']:.2f}" if key == "redis" else "-"
+    return (
+        f"{row['procs']:>5}  {label:<17} {r['median_claims_per_s']:>9.1f} {r['seconds']:>7.2f} "
+        f"{rate(r['first_10pct']):>8} {rate(r['last_10pct']):>8} {('-' if decay is None else f'{decay:.2f}x'):>10} "
+        f"{spread:>9}  {ratio(over_seed):>8} {ratio(over_file):>8} {r['median_claims_per_s'] / base:>8.2f}x  "
+        f"{r['foreign_cpu']:>9.1f} {server:>10}"
+    )
+
+
 def table(report: dict) -> str:
-    n = report["tasks"]
+    n, rows = report["tasks"], report["rows"]
+    redis = report["redis"]
+    paths = [(key, label) for key, label in PATHS if key != "redis" or redis]
+    first = rows[0]["procs"] if rows else 1
     lines = [
         f"claims benchmark: {n} tasks in {SUBFOLDERS} folders, {report['cpus']} CPUs, start method "
         f"{report['start_method']}, index prebuilt: {report['index_prebuilt']}; medians of {report['repeat']} "
-        f"hypervisor run(s) and {report['seed_repeat']} seed run(s), each on a fresh copy of the store",
+        f"hypervisor run(s) per backend and {report['seed_repeat']} seed run(s), each on a fresh copy of the store",
+        (f"Redis backend: a private redis-server {redis['version']} on 127.0.0.1, persisting nothing, a fresh "
+         "namespace per run" if redis else "Redis backend: left out (--no-redis)"),
         f"src sha256 {report['src_sha256']}" + ("  WARNING: src/ changed during the run" if report["src_changed_during_run"]
                                                 else "") + f"; total runtime {report['total_runtime_s']:.0f} s; "
         f"load average (1 min) at start {report['loadavg_1m_at_start']:.1f}, at end {report['loadavg_1m_at_end']:.1f}",
         "",
-        f"{'':>5}  {'---------- hypervisor claim_next ----------':^44}  {'---- seed mkdir loop ----':^24}  "
-        f"{'':>8}  {'':>10}",
-        f"{'procs':>5}  {'claims/s':>9} {'wall s':>7} {'first10%':>8} {'last10%':>8} {'last/first':>10}  "
-        f"{'claims/s':>9} {'wall s':>7} {'range':>9}  {'hv/seed':>8}  {'hv vs hv@1':>10}  {'other cpu':>9}",
-    ]
-    base = None
-    for row in report["rows"]:
-        hv, seed = row["hypervisor"], row["seed"]
-        base = base or hv["median_claims_per_s"]
-        decay = (hv["last_10pct"] / hv["first_10pct"]) if hv["first_10pct"] else None
-        spread = f"{min(seed['all_claims_per_s']):.0f}-{max(seed['all_claims_per_s']):.0f}"
+        f"{'procs':>5}  {'claim path':<17} {'claims/s':>9} {'wall s':>7} {'first10%':>8} {'last10%':>8} "
+        f"{'last/first':>10} {'range':>9}  {'vs seed':>8} {'vs file':>8} {f'vs @{first}':>9}  "
+        f"{'other cpu':>9} {'server cpu':>10}",
+    ]  # fmt: skip
+    bases = {key: rows[0][key]["median_claims_per_s"] for key, _ in paths} if rows else {}
+    for row in rows:
+        lines += [path_line(row, key, label, bases[key]) for key, label in paths] + [""]
+    lines += ["exactly-once checks (ids the workers returned; 'claimed' events: the lines of events.jsonl for the file "
+              "backend, the Redis stream through TaskQueue.events() for Redis):"]  # fmt: skip
+    for row in rows:
+        for key, label in [(key, label) for key, label in paths if key in EXACTLY_ONCE_KEYS]:
+            r, ev = row[key], row[key]["events"]
+            log = "events.jsonl" if key == "hypervisor" else "Redis stream"
+            lines.append(
+                f"  {row['procs']:>2} procs  {label:<17}: {check_text(r, n)}; {log}: {ev['claimed_lines']} claimed, "
+                f"{ev['tasks_claimed_once']}/{n} tasks exactly once, {ev['tasks_claimed_twice_or_more']} twice+, "
+                f"{ev['taken_over_lines']} taken_over  -> {'OK' if row[EXACTLY_ONCE_KEYS[key]] else 'FAIL'}"
+            )
+        seed = row["seed"]
         lines.append(
-            f"{row['procs']:>5}  {hv['median_claims_per_s']:>9.1f} {hv['seconds']:>7.1f} {rate(hv['first_10pct']):>8} "
-            f"{rate(hv['last_10pct']):>8} {('-' if decay is None else f'{decay:.2f}x'):>10}  "
-            f"{seed['median_claims_per_s']:>9.1f} {seed['seconds']:>7.2f} {spread:>9}  "
-            f"{row['ratio_hv_over_seed']:>8.4f}  {hv['median_claims_per_s'] / base:>9.2f}x  "
-            f"{hv['foreign_cpu']:>4.1f}/{seed['foreign_cpu']:<4.1f}"
-        )
-    lines += ["", "exactly-once checks (ids returned by the workers; events.jsonl 'claimed' lines):"]
-    for row in report["rows"]:
-        hv, seed, ev = row["hypervisor"], row["seed"], row["hypervisor"]["events"]
-        lines.append(
-            f"  {row['procs']:>2} procs  hypervisor: {check_text(hv, n)}; events.jsonl: {ev['claimed_lines']} claimed "
-            f"lines, {ev['tasks_claimed_once']}/{n} tasks exactly once, {ev['tasks_claimed_twice_or_more']} twice+, "
-            f"{ev['taken_over_lines']} taken_over  -> {'OK' if row['hv_exactly_once'] else 'FAIL'}"
-        )
-        lines.append(
-            f"  {row['procs']:>2} procs  seed loop : {check_text(seed, n)}; over all {report['seed_repeat']} runs: "
-            f"processed more than once {row['seed_duplicated_all_runs']}, lost {row['seed_lost_all_runs']}, "
-            f"files not rewritten exactly once {row['seed_bad_files_all_runs']}"
+            f"  {row['procs']:>2} procs  {'seed mkdir loop':<17}: {check_text(seed, n)}; over all "
+            f"{report['seed_repeat']} runs: processed more than once {row['seed_duplicated_all_runs']}, lost "
+            f"{row['seed_lost_all_runs']}, files not rewritten exactly once {row['seed_bad_files_all_runs']}"
         )
     lines += [
         "",
-        "hv/seed < 1: hypervisor claims slower than the seed loop. The seed loop does no fsync, no atomic replace,",
+        "vs seed < 1: hypervisor claims slower than the seed loop. The seed loop does no fsync, no atomic replace,",
         "no lease or claim record, no event log and no search for the next ready task, so it is a floor, not a peer.",
-        "first10%/last10%: aggregate claims/s over the first and the last tenth of the drain.",
-        "other cpu (hv/seed): CPU-seconds per second used by other processes on this machine during the run",
-        f"(/proc/stat minus our rusage; {report['cpus']} CPUs in all). Above ~0.5 the figure is disturbed; run again.",
+        "hypervisor, redis: the same claim_next with the claim record, the lease (a server-side TTL) and the event in",
+        "Redis, one Lua script each; the task file is still rewritten atomically, fsync'd, under its flock. The server",
+        "is local and persists nothing: a Redis across a network adds a round trip per script, persistence its writes.",
+        "first10%/last10%: aggregate claims/s over the first and the last tenth of the drain; range: over the runs.",
+        "vs @N: claims/s against the same claim path's at the first process count.",
+        "other cpu: CPU-seconds per second used by other processes on this machine during the run (/proc/stat",
+        f"minus our rusage and the redis-server's; {report['cpus']} CPUs in all). Above ~0.5 the figure is disturbed;",
+        "run again.",
+        "server cpu: CPU-seconds per second used by the private redis-server during the run.",
     ]
-    if report.get("profile"):
-        p = report["profile"]
-        lines += ["", f"cProfile of a 1-process drain of {p['tasks']} tasks ({p['seconds']:.1f} s under the profiler), "
-                  "by cumulative time:"]  # fmt: skip
+    for p in filter(None, (report.get("profile"), report.get("profile_redis"))):
+        lines += ["", f"cProfile of a 1-process drain of {p['tasks']} tasks on the {p['backend']} backend "
+                  f"({p['seconds']:.1f} s under the profiler), by cumulative time:"]  # fmt: skip
         lines += [f"  {r['cumtime_s']:>8.2f}s cum {r['tottime_s']:>7.2f}s self {r['ncalls']:>9} calls  {r['function']}"
                   for r in p["top"]]  # fmt: skip
     return "\n".join(lines)
 
 
-def profile_drain(template: str, workdir: str) -> dict:
-    """cProfile one in-process, single-worker drain of a fresh copy of the store."""
+def profile_drain(template: str, workdir: str, backend: str) -> dict:
+    """cProfile one in-process, single-worker drain of a fresh copy of the store on `backend`."""
     import cProfile
     import pstats
 
     from hypervisor.errors import NothingToClaim
-    from hypervisor.store import TaskStore
-    from hypervisor.taskqueue import TaskQueue
 
-    root = fresh_copy(template, workdir)
-    store = TaskStore(root)
-    if ARGS.index:
-        store.refresh()
-        store.save_index()
-    queue = TaskQueue(TaskStore(root))
+    root = prepared_copy(template, workdir)
+    spec = backend if backend == "file" else redis_spec(backend)
+    queue = open_queue(root, spec)
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
@@ -362,6 +508,7 @@ def profile_drain(template: str, workdir: str) -> dict:
         pass
     profiler.disable()
     seconds = time.perf_counter() - start
+    queue.claims.close()
     stats = pstats.Stats(profiler)
     rows = [
         {"function": f"{os.path.basename(f)}:{line}({func})", "ncalls": nc, "tottime_s": tt, "cumtime_s": ct}
@@ -369,93 +516,116 @@ def profile_drain(template: str, workdir: str) -> dict:
     ]
     rows.sort(key=lambda r: r["cumtime_s"], reverse=True)
     shutil.rmtree(os.path.dirname(root))
-    return {"tasks": ARGS.tasks, "seconds": seconds, "top": [r for r in rows if "profiler" not in r["function"]][:22]}
+    return {"backend": "file" if spec == "file" else "redis", "tasks": ARGS.tasks, "seconds": seconds,
+            "top": [r for r in rows if "profiler" not in r["function"]][:22]}  # fmt: skip
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def say(text: str) -> None:
+    print(f"[claims {time.monotonic() - BEGAN:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def measure_row(ctx, template: str, workdir: str, procs: int, expected: list[str], backends: dict) -> dict:
+    """Every claim path at one process count, interleaved in the same run: medians, ratios, exactly-once verdicts."""
+    labels = dict(PATHS)
+    runs: dict[str, list[dict]] = {key: [] for key in (*backends, "seed")}
+    for i in range(max(ARGS.repeat, ARGS.seed_repeat)):
+        for key, backend in backends.items():
+            if i < ARGS.repeat:
+                say(f"{labels[key]}, {procs} procs ...")
+                runs[key].append(measure_hypervisor(ctx, template, workdir, procs, expected, backend))
+                say(f"  {runs[key][-1]['claims_per_s']:.1f} claims/s in {runs[key][-1]['seconds']:.1f}s")
+        if i < ARGS.seed_repeat:
+            runs["seed"].append(measure_seed(ctx, template, workdir, procs, expected))
+            say(f"seed loop, {procs} procs: {runs['seed'][-1]['claims_per_s']:.1f} claims/s")
+    hv, seed = median_of(runs["hypervisor"]), median_of(runs["seed"])
+    row = {
+        "procs": procs,
+        "hypervisor": hv,
+        "seed": seed,
+        "ratio_hv_over_seed": hv["median_claims_per_s"] / seed["median_claims_per_s"],
+        "hv_exactly_once": exactly_once(runs["hypervisor"]),
+        "seed_duplicated_all_runs": sum(r["duplicated"] for r in runs["seed"]),
+        "seed_lost_all_runs": sum(r["lost"] for r in runs["seed"]),
+        "seed_bad_files_all_runs": sum(r["files_not_rewritten_once"] for r in runs["seed"]),
+    }
+    if "redis" in runs:
+        redis = median_of(runs["redis"])
+        row.update(redis=redis, ratio_redis_over_seed=redis["median_claims_per_s"] / seed["median_claims_per_s"],
+                   ratio_redis_over_file=redis["median_claims_per_s"] / hv["median_claims_per_s"],
+                   redis_exactly_once=exactly_once(runs["redis"]))  # fmt: skip
+    return row
+
+
+def run_benchmark(workdir: str, server: RedisServer | None) -> dict:
+    """Generate the store, measure every process count, and return the report."""
+    procs_list = [int(p) for p in ARGS.procs.split(",") if p.strip()]
+    ctx = multiprocessing.get_context(ARGS.start_method)
+    fingerprint = source_fingerprint()
+    load_at_start = os.getloadavg()[0]
+    template = os.path.join(workdir, "template")
+    expected = generate_store(template, ARGS.tasks)
+    backends = {"hypervisor": "file", **({"redis": server.url} if server else {})}
+    rows = [measure_row(ctx, template, workdir, procs, expected, backends) for procs in procs_list]
+    report = {
+        "benchmark": "claims",
+        "tasks": ARGS.tasks,
+        "cpus": os.cpu_count(),
+        "start_method": ARGS.start_method,
+        "repeat": ARGS.repeat,
+        "seed_repeat": ARGS.seed_repeat,
+        "index_prebuilt": ARGS.index,
+        "python": sys.version.split()[0],
+        "redis": {"version": server.version, "url": server.url} if server else None,
+        "src_sha256": fingerprint,
+        "loadavg_1m_at_start": load_at_start,
+        "src_changed_during_run": source_fingerprint() != fingerprint,
+        "rows": rows,
+    }
+    if ARGS.profile:
+        for key, backend in backends.items():
+            say(f"profiling a 1-process drain on {dict(PATHS)[key]} ...")
+            report["profile" if backend == "file" else "profile_redis"] = profile_drain(template, workdir, backend)
+    say("done")
+    report["total_runtime_s"] = time.monotonic() - BEGAN
+    report["loadavg_1m_at_end"] = os.getloadavg()[0]
+    return report
 
 
 def main() -> None:
-    global ARGS
+    global ARGS, HELPER_PIDS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=2000, metavar="N", help="tasks in the store (default 2000)")
     parser.add_argument("--procs", default="1,4,16", help="process counts, comma-separated (default 1,4,16)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="hypervisor runs per process count; the median is shown (default 1)")
+                        help="hypervisor runs per process count and backend; the median is shown (default 1)")
     parser.add_argument("--seed-repeat", type=int, default=3,
                         help="seed-loop runs per process count (cheap, I/O-noisy); the median is shown (default 3)")
+    parser.add_argument("--no-redis", dest="redis", action="store_false",
+                        help="leave out the Redis backend (by default a private redis-server is started for it)")
     parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
                         help="stop a measurement's workers after S seconds and report it as partial (default 300)")
     parser.add_argument("--no-index", dest="index", action="store_false",
                         help="do not prebuild .hypervisor/index.json before the clock starts")
     parser.add_argument("--profile", action="store_true",
-                        help="also cProfile a single-process drain (adds about the 1-process time)")
+                        help="also cProfile a single-process drain per backend (adds about the 1-process times)")
     parser.add_argument("--workdir", help="folder for the generated stores (default: a new temp dir, removed after)")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     ARGS = parser.parse_args()  # fmt: skip
-    procs_list = [int(p) for p in ARGS.procs.split(",") if p.strip()]
-    ctx = multiprocessing.get_context(ARGS.start_method)
-    began = time.monotonic()
-
-    def say(text: str) -> None:
-        print(f"[claims {time.monotonic() - began:6.1f}s] {text}", file=sys.stderr, flush=True)
-
     workdir = tempfile.mkdtemp(prefix="hypervisor-bench-claims-", dir=ARGS.workdir)
-    fingerprint = source_fingerprint()
-    load_at_start = os.getloadavg()[0]
     try:
-        template = os.path.join(workdir, "template")
-        expected = generate_store(template, ARGS.tasks)
-        rows = []
-        for procs in procs_list:  # interleaved: hypervisor then seed at each process count, same run
-            hv_runs, seed_runs = [], []
-            for i in range(max(ARGS.repeat, ARGS.seed_repeat)):
-                if i < ARGS.repeat:
-                    say(f"hypervisor, {procs} procs ...")
-                    hv_runs.append(measure_hypervisor(ctx, template, workdir, procs, expected))
-                    say(f"  {hv_runs[-1]['claims_per_s']:.1f} claims/s in {hv_runs[-1]['seconds']:.1f}s")
-                if i < ARGS.seed_repeat:
-                    seed_runs.append(measure_seed(ctx, template, workdir, procs, expected))
-                    say(f"seed loop, {procs} procs: {seed_runs[-1]['claims_per_s']:.1f} claims/s")
-            hv, seed = median_of(hv_runs), median_of(seed_runs)
-            rows.append({
-                "procs": procs,
-                "hypervisor": hv,
-                "seed": seed,
-                "ratio_hv_over_seed": hv["median_claims_per_s"] / seed["median_claims_per_s"],
-                "hv_exactly_once": all(
-                    r["unique"] == ARGS.tasks and r["duplicated"] == 0 and not r["errors"]
-                    and r["events"]["tasks_claimed_once"] == ARGS.tasks and r["events"]["claimed_lines"] == ARGS.tasks
-                    for r in hv_runs
-                ),
-                "seed_duplicated_all_runs": sum(r["duplicated"] for r in seed_runs),
-                "seed_lost_all_runs": sum(r["lost"] for r in seed_runs),
-                "seed_bad_files_all_runs": sum(r["files_not_rewritten_once"] for r in seed_runs),
-            })  # fmt: skip
-        report = {
-            "benchmark": "claims",
-            "tasks": ARGS.tasks,
-            "cpus": os.cpu_count(),
-            "start_method": ARGS.start_method,
-            "repeat": ARGS.repeat,
-            "seed_repeat": ARGS.seed_repeat,
-            "index_prebuilt": ARGS.index,
-            "python": sys.version.split()[0],
-            "src_sha256": fingerprint,
-            "loadavg_1m_at_start": load_at_start,
-            "src_changed_during_run": source_fingerprint() != fingerprint,
-            "rows": rows,
-        }
-        if ARGS.profile:
-            say("profiling a 1-process drain ...")
-            report["profile"] = profile_drain(template, workdir)
-        say("done")
-        report["total_runtime_s"] = time.monotonic() - began
-        report["loadavg_1m_at_end"] = os.getloadavg()[0]
+        with private_redis(os.path.join(workdir, "redis")) if ARGS.redis else contextlib.nullcontext() as server:
+            HELPER_PIDS = (server.pid,) if server else ()
+            report = run_benchmark(workdir, server)
         emit(table(report), report, ARGS.json)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 ARGS: argparse.Namespace
+HELPER_PIDS: tuple[int, ...] = ()  # servers the benchmark runs (its redis-server): their CPU is not foreign load
+BEGAN = time.monotonic()
 
 if __name__ == "__main__":
     main()
