@@ -1,11 +1,19 @@
-"""Helpers shared by the benchmarks: how busy the rest of the machine was, and which version of src/ ran."""
+"""Helpers shared by the benchmarks: how busy the rest of the machine was, which version of src/ ran, a redis-server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
+from typing import Iterator, NamedTuple
+
+REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server")
 
 
 class ForeignLoad:
@@ -67,6 +75,80 @@ def source_fingerprint() -> str:
             with open(os.path.join(package, name), "rb") as handle:
                 digest.update(name.encode() + b"\0" + handle.read())
     return digest.hexdigest()[:12]
+
+
+class RedisServer(NamedTuple):
+    url: str  # redis://127.0.0.1:<port>/0, without a namespace
+    port: int
+    pid: int
+    version: str
+
+
+@contextlib.contextmanager
+def private_redis(folder: str, benchmark: str) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free 127.0.0.1 port, persisting nothing; stopped on leaving, error or not.
+
+    Debian's /usr/bin/redis-server if present, else the first on PATH; SystemExit if there is none.
+    """
+    exe = next((p for p in REDIS_SERVER_PATHS if os.path.exists(p)), None) or shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit(f"{benchmark} benchmark: redis-server is not installed, so the Redis rows cannot be measured. "
+                         "Install it (Debian/Ubuntu: apt-get install redis-server) or pass --no-redis.")  # fmt: skip
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    version = next((word[2:] for word in version.split() if word.startswith("v=")), version.strip())
+    os.makedirs(folder)
+    port, log = free_port(), os.path.join(folder, "redis.log")
+    server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", folder, "--logfile", log], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+    try:
+        wait_for_ping(port, server, log)
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", port, server.pid, version)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(port: int, server: subprocess.Popen, log: str) -> None:
+    """Return once the server answers PING; RuntimeError with its log if it exits or stays silent for 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            try:
+                with open(log, encoding="utf-8", errors="replace") as handle:
+                    tail = handle.read()[-2000:]
+            except OSError:
+                tail = "(no log)"
+            raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}:\n{tail}")
+        time.sleep(0.05)
+
+
+def _die_with_parent() -> None:
+    """In the redis-server child before exec: have Linux SIGTERM it if the benchmark dies, even by SIGKILL, when no
+    `finally` runs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def emit(text: str, report: dict, as_json: bool) -> None:

@@ -475,9 +475,8 @@ def table(report: dict) -> str:
         "is local and persists nothing: a Redis across a network adds a round trip per script, persistence its writes.",
         "first10%/last10%: aggregate claims/s over the first and the last tenth of the drain; range: over the runs.",
         "vs @N: claims/s against the same claim path's at the first process count.",
-        "other cpu: CPU-seconds per second used by other processes on this machine during the run (/proc/stat",
-        f"minus our rusage and the redis-server's; {report['cpus']} CPUs in all). Above ~0.5 the figure is disturbed;",
-        "run again.",
+        "other cpu: CPU-seconds per second used by other processes on this machine during the run (/proc/stat minus our",
+        f"rusage and the redis-server's; {report['cpus']} CPUs in all). Above ~0.5 the figure is disturbed; run again.",
         "server cpu: CPU-seconds per second used by the private redis-server during the run.",
     ]
     for p in filter(None, (report.get("profile"), report.get("profile_redis"))):

@@ -1,12 +1,16 @@
-"""Wall time of the tool hook (`python3 -S hooks/tool_hook.py`, as hooks.json runs it) beside a bare interpreter start.
+"""Wall time of the tool hook (`python3 -S hooks/tool_hook.py`, as hooks.json runs it) on the file and Redis backends, beside a bare interpreter start.
 
-Five variants, interleaved round-robin in one run so drift hits them alike, each a fresh subprocess:
+Eight variants (five with --no-redis), interleaved round-robin in one run so drift hits them alike, each a fresh
+subprocess:
   bare        `python3 -c pass` (site-packages processed: what any Python tool costs to start)
   bare -S     `python3 -S -c pass` (the floor the hook can reach)
   allowed     PreToolUse Write inside the claimed task's scope, by the worker bound to that claim
   denied      PreToolUse Write by a hypervisor:worker that holds no claim
   post        PostToolUse Write by the holder (lease renewal under the task lock + one journal line)
-on a store of --tasks tasks with one claimed task, its claim bound to the worker by the hook itself.
+  ..., redis  the same three with HYPERVISOR_BACKEND on a private redis-server this script starts (127.0.0.1,
+              persisting nothing, a fresh namespace): the claim read, and renewed by a compare-and-set script, over
+              the hooks' stdlib RESP client; bindings and the journal stay on local disk
+on a store of --tasks tasks per backend with one claimed task, its claim bound to the worker by the hook itself.
 The target is allowed and denied within 1.5x of bare `python3 -c pass`; nothing here asserts on time.
 """
 
@@ -16,14 +20,17 @@ import argparse
 import json
 import math
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
+from typing import NamedTuple
 
-from benchlib import ForeignLoad, emit, source_fingerprint
+from benchlib import ForeignLoad, RedisServer, emit, private_redis, source_fingerprint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOOK = [sys.executable, "-S", os.path.join("hooks", "tool_hook.py")]  # relative to REPO, the cwd hooks.json implies
@@ -34,9 +41,27 @@ SCOPE = "src/**"
 WORKER = {"session_id": "bench-session-6d1683e8", "agent_id": "a033b0a6f11c22354", "agent_type": "hypervisor:worker"}
 STRANGER = {"session_id": "bench-session-6d1683e8", "agent_id": "b99f00d000000000", "agent_type": "hypervisor:worker"}
 CLAIM_TOOL = "mcp__plugin_hypervisor_task_manager__claim_next_task"
-VARIANTS = ("bare", "bare_S", "allowed", "denied", "post")
+REDIS_VARIANTS = ("allowed_redis", "denied_redis", "post_redis")
 LABELS = {"bare": "python3 -c pass", "bare_S": "python3 -S -c pass", "allowed": "hook: allowed edit",
-          "denied": "hook: denied edit", "post": "hook: post (renew+journal)"}  # fmt: skip
+          "denied": "hook: denied edit", "post": "hook: post (renew+journal)",
+          "allowed_redis": "hook, redis: allowed edit", "denied_redis": "hook, redis: denied edit",
+          "post_redis": "hook, redis: post (renew+journal)"}  # fmt: skip
+
+
+class Command(NamedTuple):
+    argv: list[str]
+    stdin: bytes
+    want: str  # what stdout must be: '' or 'deny'
+    env: dict
+
+
+class Store(NamedTuple):
+    """One backend's project: its own copy of the store, the hook environment naming the backend, the claim."""
+
+    project: str
+    root: str
+    env: dict
+    claim: dict
 
 
 # -- the store ----------------------------------------------------------------------------------------------------
@@ -79,6 +104,15 @@ def write_input(project: str) -> dict:
     return {"file_path": os.path.join(project, "src", "bench.py"), "content": "print('hello')\n" * 20}
 
 
+def prepare(folder: str, size: int, env: dict, spec: str) -> Store:
+    """A store under `folder` whose CLAIMED task is claimed on backend `spec` and bound to WORKER."""
+    project, root = build_project(folder, size)
+    env = {**env, "CLAUDE_PROJECT_DIR": project}  # as Claude Code sets it for hooks
+    if spec != "file":
+        env["HYPERVISOR_BACKEND"] = spec  # the claim command and every hook run then use the same backend
+    return Store(project, root, env, claim_and_bind(project, root, env))
+
+
 def claim_and_bind(project: str, root: str, env: dict) -> dict:
     """Claim CLAIMED with the CLI, then bind it to WORKER by running the hook on the claim tool's PostToolUse."""
     proc = subprocess.run([sys.executable, "-m", "hypervisor", "claim", CLAIMED, "--caller", "bench-supervisor",
@@ -98,24 +132,33 @@ def claim_and_bind(project: str, root: str, env: dict) -> dict:
 
 
 # -- the measurements ---------------------------------------------------------------------------------------------
-def commands(project: str) -> dict[str, tuple[list[str], bytes, str]]:
-    """variant -> (argv, stdin, what stdout must be: '' or 'deny')."""
+def commands(stores: dict[str, Store]) -> dict[str, Command]:
+    """variant -> its Command: the bare interpreters, then the hook variants on each backend's store."""
+    env = stores["file"].env
+    found = {"bare": Command([sys.executable, "-c", "pass"], b"", "", env),
+             "bare_S": Command([sys.executable, "-S", "-c", "pass"], b"", "", env)}  # fmt: skip
+    for backend, store in stores.items():
+        suffix = "" if backend == "file" else f"_{backend}"
+        for name, (stdin, want) in hook_inputs(store.project).items():
+            found[name + suffix] = Command(HOOK, stdin, want, store.env)
+    return found
+
+
+def hook_inputs(project: str) -> dict[str, tuple[bytes, str]]:
+    """hook variant -> (stdin, what stdout must be: '' or 'deny')."""
     return {
-        "bare": ([sys.executable, "-c", "pass"], b"", ""),
-        "bare_S": ([sys.executable, "-S", "-c", "pass"], b"", ""),
-        "allowed": (HOOK, payload("PreToolUse", WORKER, project, tool_name="Write", tool_input=write_input(project)),
-                    ""),
-        "denied": (HOOK, payload("PreToolUse", STRANGER, project, tool_name="Write", tool_input=write_input(project)),
+        "allowed": (payload("PreToolUse", WORKER, project, tool_name="Write", tool_input=write_input(project)), ""),
+        "denied": (payload("PreToolUse", STRANGER, project, tool_name="Write", tool_input=write_input(project)),
                    "deny"),
-        "post": (HOOK, payload("PostToolUse", WORKER, project, tool_name="Write", tool_input=write_input(project),
-                               tool_response={"type": "create", "filePath": write_input(project)["file_path"]},
-                               duration_ms=3), ""),
+        "post": (payload("PostToolUse", WORKER, project, tool_name="Write", tool_input=write_input(project),
+                         tool_response={"type": "create", "filePath": write_input(project)["file_path"]},
+                         duration_ms=3), ""),
     }  # fmt: skip
 
 
-def timed(variant: str, cmd: tuple[list[str], bytes, str], env: dict) -> float:
+def timed(variant: str, cmd: Command) -> float:
     """Wall seconds of one subprocess; fails loudly if it did not give the answer it must."""
-    argv, stdin, want = cmd
+    argv, stdin, want, env = cmd
     start = time.perf_counter()
     proc = subprocess.run(argv, input=stdin, cwd=REPO, env=env, capture_output=True, check=False)
     seconds = time.perf_counter() - start
@@ -146,9 +189,24 @@ def journal_lines(root: str, claim: dict) -> int:
         return 0
 
 
-def lease_expires(root: str, claim_id: str) -> float:
-    with open(os.path.join(root, ".hypervisor", "claims", f"{claim_id}.json"), encoding="utf-8") as handle:
+def claim_path(root: str) -> str:
+    return os.path.join(root, ".hypervisor", "claims", f"{CLAIMED}.json")
+
+
+def lease_expires(root: str) -> float:
+    with open(claim_path(root), encoding="utf-8") as handle:
         return json.load(handle)["lease_expires_at"]
+
+
+def lease_pttl(server: RedisServer, namespace: str) -> int:
+    """Milliseconds the lease key has left on the server (the server's TTL is the Redis lease); -2 if it is gone."""
+    import redis  # the benchmark itself may take redis-py's import time; the hooks never import it
+
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        return client.pttl(f"{namespace}:lease:{CLAIMED}")
+    finally:
+        client.close()
 
 
 # -- output -------------------------------------------------------------------------------------------------------
@@ -157,45 +215,168 @@ def ms(seconds: float) -> str:
 
 
 def table(report: dict) -> str:
-    rows = report["variants"]
+    rows, redis = report["variants"], report["redis"]
     lines = [
         f"hook benchmark: {report['tasks']} tasks, one claimed ({CLAIMED}, scope {SCOPE}) and bound to a worker; "
         f"{report['runs']} runs per variant, interleaved round-robin after one warm-up each; {report['cpus']} CPUs",
         f"python {report['python']} ({report['executable']}); bytecode cached under PYTHONPYCACHEPREFIX (a temp dir)",
+        (f"Redis rows: a private redis-server {redis['version']} on {redis['url']}, persisting nothing, namespace "
+         f"{redis['namespace']}, a store of {report['tasks']} tasks of their own" if redis
+         else "Redis rows: left out (--no-redis)"),
         f"src sha256 {report['src_sha256']}"
         + ("  WARNING: src/ changed during the run" if report["src_changed_during_run"] else "")
         + f"; total runtime {report['total_runtime_s']:.0f} s; "
         f"load average (1 min) at start {report['loadavg_1m_at_start']:.1f}, at end {report['loadavg_1m_at_end']:.1f}; "
-        f"other cpu {report['foreign_cpu']:.2f}",
+        f"other cpu {report['foreign_cpu']:.2f}" + (f"; redis-server cpu {redis['server_cpu']:.2f}" if redis else ""),
         "",
-        f"{'variant':<28} {'median ms':>9} {'p90 ms':>8} {'min ms':>7}   {'/ bare':>7} {'p90/bare':>8}   "
-        f"{'/ bare -S':>9}",
+        f"{'variant':<34} {'median ms':>9} {'p90 ms':>8} {'min ms':>7}   {'/ bare':>7} {'p90/bare':>8}   "
+        f"{'/ bare -S':>9}" + (f"   {'/ file':>7}" if redis else ""),
     ]  # fmt: skip
-    for name in VARIANTS:
-        row = rows[name]
+    for name, row in rows.items():
         lines.append(
-            f"{LABELS[name]:<28} {ms(row['median_s']):>9} {ms(row['p90_s']):>8} {ms(row['min_s']):>7}   "
+            f"{LABELS[name]:<34} {ms(row['median_s']):>9} {ms(row['p90_s']):>8} {ms(row['min_s']):>7}   "
             f"{row['ratio_bare']:>6.2f}x {row['ratio_bare_p90']:>7.2f}x   {row['ratio_bare_S']:>8.2f}x"
+            + (f"   {row['ratio_file']:>6.2f}x" if "ratio_file" in row else "")
         )
-    target = report["target"]
+    lines.append("")
+    for label, suffix in (("", ""), (", redis", "_redis")) if redis else (("", ""),):
+        target, check = report["target" + suffix], report["check" + suffix]
+        lines += [
+            f"target{label}: allowed and denied within {TARGET_RATIO:g}x of bare `python3 -c pass` (medians): allowed "
+            f"{target['allowed']:.2f}x, denied {target['denied']:.2f}x -> {'MEETS' if target['meets'] else 'MISSES'}",
+            f"check{label}: {check['journal_lines']} journal lines after {check['post_calls']} post calls "
+            f"(want equal); lease renewed by the post calls: {check['lease_renewed']}",
+        ]  # fmt: skip
+    if redis:
+        check = report["check_redis"]
+        lines.append(
+            f"check, redis: lease key PTTL {check['lease_pttl_before_ms']:,} ms before the runs, "
+            f"{check['lease_pttl_after_ms']:,} ms after; claim only on the server: {check['claim_only_on_server']}"
+        )
     lines += [
-        "",
-        f"target: allowed and denied within {TARGET_RATIO:g}x of bare `python3 -c pass` (medians): allowed "
-        f"{target['allowed']:.2f}x, denied {target['denied']:.2f}x -> {'MEETS' if target['meets'] else 'MISSES'}",
-        f"check: {report['check']['journal_lines']} journal lines after {report['check']['post_calls']} post calls "
-        f"(want equal); lease renewed by the post calls: {report['check']['lease_renewed']}",
         "'/ bare' is median / median of `python3 -c pass`; 'p90/bare' compares the p90s. 'other cpu': CPU-seconds per",
         f"second used by other processes meanwhile ({report['cpus']} CPUs); above ~0.5 the figures are disturbed.",
     ]
+    if redis:
+        lines += [
+            "'/ file': median of the Redis row / median of the same variant on the file backend. 'redis-server cpu':",
+            "CPU-seconds per second the private server used meanwhile (not counted in 'other cpu'). A denied edit by a",
+            "worker without a binding is refused before any backend is asked: its Redis row opens no connection.",
+        ]
     return "\n".join(lines)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def measure(args: argparse.Namespace, workdir: str, env: dict, server: RedisServer | None) -> dict:
+    """Prepare a store per backend, time every variant interleaved, check the post calls did their work."""
+    namespace = f"bench{secrets.token_hex(6)}"  # fresh: no claims from an earlier run on the same server
+    specs = {"file": "file", **({"redis": f"{server.url}?namespace={namespace}"} if server else {})}
+    print(f"[hooks] writing {args.tasks} tasks per backend ({', '.join(specs)}) ...", file=sys.stderr, flush=True)
+    stores = {name: prepare(os.path.join(workdir, name), args.tasks, env, spec) for name, spec in specs.items()}
+    cmds = commands(stores)
+    names = tuple(cmds)
+    for name in names:  # warm-up: bytecode written to the cache, page cache warm
+        timed(name, cmds[name])
+    time.sleep(1.1)  # let a renewal show: file leases are whole seconds apart at most, a Redis lease's PTTL runs down
+    before = marks(stores, server, namespace)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    load = ForeignLoad(helpers=(server.pid,) if server else ())
+    for run in range(args.runs):
+        if run % 10 == 0:
+            print(f"[hooks] run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
+        order = names[run % len(names):] + names[:run % len(names)]  # rotate who goes first
+        for name in order:
+            samples[name].append(timed(name, cmds[name]))
+    foreign = load.stop()
+    variants = summarize(samples)
+    checks = compare(before, marks(stores, server, namespace), args.runs, stores)
+    return {
+        "benchmark": "hooks",
+        "tasks": args.tasks,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "hook_argv": HOOK,
+        "backends": list(specs),
+        "redis": ({"version": server.version, "url": server.url, "namespace": namespace,
+                   "server_cpu": load.helper_cpu} if server else None),  # fmt: skip
+        "foreign_cpu": foreign,
+        "variants": variants,
+        "target": target(variants, ""),
+        "target_redis": target(variants, "_redis") if server else None,
+        "check": checks["file"],
+        "check_redis": checks.get("redis"),
+    }
+
+
+def marks(stores: dict[str, Store], server: RedisServer | None, namespace: str) -> dict[str, dict]:
+    """Per backend, what a post call moves: the journal's lines and the lease (file: its expiry; Redis: its PTTL)."""
+    found = {backend: {"journal_lines": journal_lines(store.root, store.claim)} for backend, store in stores.items()}
+    found["file"]["lease"] = lease_expires(stores["file"].root)
+    if server:
+        found["redis"]["lease"] = lease_pttl(server, namespace)
+    return found
+
+
+def compare(before: dict[str, dict], after: dict[str, dict], runs: int, stores: dict[str, Store]) -> dict[str, dict]:
+    """The checks per backend: one journal line per post call, the lease renewed (and Redis: held on the server)."""
+    checks = {backend: {"post_calls": runs,
+                        "journal_lines": after[backend]["journal_lines"] - before[backend]["journal_lines"],
+                        "lease_renewed": after[backend]["lease"] > before[backend]["lease"]}
+              for backend in before}  # fmt: skip
+    if "redis" in checks:
+        on_server = before["redis"]["lease"] > 0 and not os.path.exists(claim_path(stores["redis"].root))
+        checks["redis"].update(lease_pttl_before_ms=before["redis"]["lease"],
+                               lease_pttl_after_ms=after["redis"]["lease"], claim_only_on_server=on_server)
+    return checks
+
+
+def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
+    bare, bare_s, bare_p90 = (statistics.median(samples["bare"]), statistics.median(samples["bare_S"]),
+                              p90(samples["bare"]))  # fmt: skip
+    variants = {}
+    for name, values in samples.items():
+        median = statistics.median(values)
+        variants[name] = {
+            "command": LABELS[name], "median_s": median, "p90_s": p90(values), "min_s": min(values),
+            "ratio_bare": median / bare, "ratio_bare_p90": p90(values) / bare_p90, "ratio_bare_S": median / bare_s,
+        }  # fmt: skip
+        if name in REDIS_VARIANTS:
+            variants[name]["ratio_file"] = median / statistics.median(samples[name.removesuffix("_redis")])
+        variants[name]["samples_s"] = values
+    return variants
+
+
+def target(variants: dict[str, dict], suffix: str) -> dict:
+    allowed, denied = variants["allowed" + suffix]["ratio_bare"], variants["denied" + suffix]["ratio_bare"]
+    meets = max(allowed, denied) <= TARGET_RATIO
+    return {"max_ratio": TARGET_RATIO, "allowed": allowed, "denied": denied, "meets": meets}
+
+
+def failed_checks(report: dict) -> list[str]:
+    """What the checks say went wrong: then the timings are not of the work their rows name."""
+    problems = []
+    for key in ("check", "check_redis"):
+        check = report[key]
+        if check is None:
+            continue
+        if check["journal_lines"] != check["post_calls"]:
+            problems.append(f"{key}: {check['journal_lines']} journal lines after {check['post_calls']} post calls")
+        problems += [f"{key}: {name} is false" for name in ("lease_renewed", "claim_only_on_server")
+                     if check.get(name) is False]  # fmt: skip
+    return problems
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=10000, metavar="N", help="tasks in the store (default 10000)")
+    parser.add_argument("--tasks", type=int, default=10000, metavar="N",
+                        help="tasks in each backend's store (default 10000)")
     parser.add_argument("--runs", type=int, default=40, metavar="N", help="timed runs per variant (default 40)")
+    parser.add_argument("--no-redis", dest="redis", action="store_false",
+                        help="leave out the Redis rows (by default a private redis-server is started for them)")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
-    args = parser.parse_args()
+    args = parser.parse_args()  # fmt: skip
     began = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="hypervisor-bench-hooks-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERVISOR_", "CLAUDE_", "GEMINI_"))}
@@ -204,62 +385,15 @@ def main() -> None:
     fingerprint = source_fingerprint()
     load_at_start = os.getloadavg()[0]
     try:
-        print(f"[hooks] writing {args.tasks} tasks ...", file=sys.stderr, flush=True)
-        project, root = build_project(workdir, args.tasks)
-        env["CLAUDE_PROJECT_DIR"] = project  # as Claude Code sets it for hooks
-        claim = claim_and_bind(project, root, env)
-        cmds = commands(project)
-        for name in VARIANTS:  # warm-up: bytecode written to the cache, page cache warm
-            timed(name, cmds[name], env)
-        journal_before, lease_before = journal_lines(root, claim), lease_expires(root, claim["id"])
-        time.sleep(1.1)  # leases are whole seconds apart at most: let a renewal show
-        samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        load = ForeignLoad()
-        for run in range(args.runs):
-            if run % 10 == 0:
-                print(f"[hooks] run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
-            order = VARIANTS[run % len(VARIANTS):] + VARIANTS[:run % len(VARIANTS)]  # rotate who goes first
-            for name in order:
-                samples[name].append(timed(name, cmds[name], env))
-        foreign = load.stop()
-        bare, bare_s, bare_p90 = (statistics.median(samples["bare"]), statistics.median(samples["bare_S"]),
-                                  p90(samples["bare"]))  # fmt: skip
-        variants = {}
-        for name in VARIANTS:
-            median = statistics.median(samples[name])
-            variants[name] = {
-                "command": LABELS[name], "median_s": median, "p90_s": p90(samples[name]), "min_s": min(samples[name]),
-                "ratio_bare": median / bare, "ratio_bare_p90": p90(samples[name]) / bare_p90,
-                "ratio_bare_S": median / bare_s, "samples_s": samples[name],
-            }  # fmt: skip
-        report = {
-            "benchmark": "hooks",
-            "tasks": args.tasks,
-            "runs": args.runs,
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "executable": sys.executable,
-            "hook_argv": HOOK,
-            "src_sha256": fingerprint,
-            "src_changed_during_run": source_fingerprint() != fingerprint,
-            "loadavg_1m_at_start": load_at_start,
-            "foreign_cpu": foreign,
-            "variants": variants,
-            "target": {
-                "max_ratio": TARGET_RATIO,
-                "allowed": variants["allowed"]["ratio_bare"],
-                "denied": variants["denied"]["ratio_bare"],
-                "meets": max(variants["allowed"]["ratio_bare"], variants["denied"]["ratio_bare"]) <= TARGET_RATIO,
-            },
-            "check": {
-                "post_calls": args.runs,
-                "journal_lines": journal_lines(root, claim) - journal_before,
-                "lease_renewed": lease_expires(root, claim["id"]) > lease_before,
-            },
-        }
-        report["total_runtime_s"] = time.monotonic() - began
-        report["loadavg_1m_at_end"] = os.getloadavg()[0]
+        with private_redis(os.path.join(workdir, "redis-server"), "hooks") if args.redis else nullcontext() as server:
+            report = measure(args, workdir, env, server)
+        report.update(src_sha256=fingerprint, src_changed_during_run=source_fingerprint() != fingerprint,
+                      loadavg_1m_at_start=load_at_start, loadavg_1m_at_end=os.getloadavg()[0],
+                      total_runtime_s=time.monotonic() - began)  # fmt: skip
         emit(table(report), report, args.json)
+        problems = failed_checks(report)
+        if problems:
+            raise SystemExit("hooks benchmark: check failed, the timings are not of real work: " + "; ".join(problems))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -71,7 +71,8 @@ def redis_server(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("redis")
     port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder), "--logfile", str(folder / "redis.log")])  # fmt: skip
+                             "--dir", str(folder), "--logfile", str(folder / "redis.log"),
+                             "--unixsocket", str(folder / "redis.sock")])  # fmt: skip
     deadline = time.monotonic() + 20
     while True:
         try:

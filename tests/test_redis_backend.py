@@ -174,6 +174,65 @@ def test_the_redis_hook_path_loads_only_the_light_core(tmp_path, spec):
     assert "hypervisor.resp" in modules, "the hook never talked to Redis"
 
 
+def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
+    """What keeps a Redis hook call near a bare interpreter's start (bench/hooks.py): no urllib, re, hashlib,
+    socket (the stdlib client uses the C module), json or typing."""
+    project = tmp_path / "project"
+    write_task(project / "tasks", "t1", status="active", scope=["models/**"])
+    claimed = make_queue(project / "tasks", spec).claim_next("supervisor", task_id="t1")
+    env = {**os.environ, "CLAUDE_PROJECT_DIR": str(project), "HYPERVISOR_BACKEND": spec, "HYPERVISOR_WORKER": "1",
+           "HYPERVISOR_TASK_ID": "t1", "HYPERVISOR_CLAIM_TOKEN": claimed["claim_token"]}  # fmt: skip
+    code = (
+        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks import run;"
+        "out = io.StringIO(); run(sys.stdin.buffer, out, sys.stderr, os.environ); print(out.getvalue());"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    for rel, event, denied in (("models/a.sql", "PreToolUse", False), ("docs/a.md", "PreToolUse", True),
+                               ("models/a.sql", "PostToolUse", False)):  # fmt: skip
+        result = subprocess.run([sys.executable, "-S", "-c", code, str(REPO / "src")], timeout=60, env=env,
+                                input=json.dumps(write_payload(project, rel, event)), capture_output=True, text=True)
+        verdict, modules = result.stdout.rstrip("\n").rsplit("\n", 1)
+        assert ("outside the scope" in verdict) == denied and not result.stderr, result.stdout + result.stderr
+        loaded = set(modules.split())
+        assert "hypervisor.resp" in loaded, "the hook never talked to Redis"
+        slow = {"urllib", "urllib.parse", "re", "hashlib", "socket", "json", "typing", "datetime", "redis"} & loaded
+        assert not slow, f"the Redis hook path imported {sorted(slow)}"
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6390/0", "redis://h/3", "redis://:p%40ss@h:1/2",
+                                 "redis://user:pw@h", "redis://[::1]:7000/1", "unix:///tmp/r.sock?db=4",
+                                 "redis://h?db=5", "redis://h:6379"])  # fmt: skip
+def test_the_hooks_read_redis_urls_as_redis_py_does(url):
+    from redis.connection import parse_url
+
+    from hypervisor.redisclaims import light_address
+
+    theirs = parse_url(url)
+    ours = light_address(url)
+    if "path" in theirs:
+        assert (ours["unix_path"], ours["db"]) == (theirs["path"], theirs.get("db", 0))
+    else:
+        expected = {"host": theirs["host"], "port": theirs.get("port", 6379), "db": theirs.get("db", 0),
+                    "username": theirs.get("username"), "password": theirs.get("password")}  # fmt: skip
+        assert ours == expected
+
+
+def test_a_unix_socket_works_for_the_queue_and_the_hooks(tmp_path, server, namespace):
+    socket_path = server.config_get("unixsocket")["unixsocket"]
+    spec = f"unix://{socket_path}?db=0&namespace={namespace}"
+    project = tmp_path / "project"
+    write_task(project / "tasks", "t1", status="active", scope=["models/**"])
+    claimed = make_queue(project / "tasks", spec).claim_next("supervisor", task_id="t1", lease_seconds=30)
+    assert server.get(f"{namespace}:lease:t1").decode() == claimed["claim_token"]
+    env = {"HYPERVISOR_BACKEND": spec, "HYPERVISOR_WORKER": "1", "HYPERVISOR_TASK_ID": "t1",
+           "HYPERVISOR_CLAIM_TOKEN": claimed["claim_token"]}  # fmt: skip
+    output, _ = hook(project, write_payload(project, "docs/a.md"), env)
+    assert "outside the scope of task t1" in output["reason"]
+    server.pexpire(f"{namespace}:lease:t1", 5000)
+    assert hook(project, write_payload(project, "models/a.sql", "PostToolUse"), env) == (None, "")
+    assert server.pttl(f"{namespace}:lease:t1") > 29_000
+
+
 def test_a_hook_that_cannot_reach_redis_lets_the_call_through_and_says_why(tmp_path):
     project = tmp_path / "project"
     write_task(project / "tasks", "t1", status="active")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import socket
+import _socket  # the C module: `socket` itself builds enum classes at import, about 8 ms a hook
 
 from .errors import BackendError
 
@@ -21,12 +21,7 @@ class Connection:
                  password: str | None = None, unix_path: str | None = None) -> None:  # fmt: skip
         where = unix_path or f"{host}:{port}"
         try:
-            if unix_path:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(TIMEOUT_SECONDS)
-                self._sock.connect(unix_path)
-            else:
-                self._sock = socket.create_connection((host, port), timeout=TIMEOUT_SECONDS)
+            self._sock = _connect(unix_path) if unix_path else _connect_tcp(host, port)
         except OSError as error:
             raise BackendError(f"cannot reach Redis at {where}: {error}") from None
         self._buffer = b""
@@ -83,3 +78,30 @@ class Connection:
             count = int(rest)
             return None if count < 0 else [self._reply() for _ in range(count)]
         raise OSError(f"unexpected reply {line[:40]!r}")
+
+
+def _connect(address: object, family: int = _socket.AF_UNIX) -> _socket.socket:
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(TIMEOUT_SECONDS)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _connect_tcp(host: str, port: int) -> _socket.socket:
+    """What socket.create_connection does: try each address the name resolves to, keep the first that answers."""
+    error: OSError = OSError(f"{host} resolves to no address")
+    name = host.encode() if host.isascii() else host  # a str name loads the idna codec, and with it `re` (10 ms)
+    for family, _, _, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        try:
+            sock = _connect(address, family)
+        except OSError as failed:
+            error = failed
+            continue
+        if family in (_socket.AF_INET, _socket.AF_INET6):
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return sock
+    raise error
