@@ -11,20 +11,15 @@ import os
 import queue as queue_module
 import secrets
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
-from benchlib import ForeignLoad, emit, source_fingerprint
+from benchlib import ForeignLoad, RedisServer, emit, private_redis, source_fingerprint
 
 SUBFOLDERS = 10
-REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server")
 PATHS = (("hypervisor", "hypervisor, file"), ("redis", "hypervisor, redis"), ("seed", "seed mkdir loop"))
 
 
@@ -65,72 +60,6 @@ def fresh_copy(template: str, workdir: str) -> str:
 
 
 # -- the private redis-server -------------------------------------------------------------------------------------
-class RedisServer(NamedTuple):
-    url: str  # redis://127.0.0.1:<port>/0, without a namespace
-    pid: int
-    version: str
-
-
-@contextlib.contextmanager
-def private_redis(folder: str) -> Iterator[RedisServer]:
-    """A redis-server of our own on a free 127.0.0.1 port, persisting nothing; stopped on leaving, error or not."""
-    exe = shutil.which("redis-server") or next((p for p in REDIS_SERVER_PATHS if os.path.exists(p)), None)
-    if exe is None:
-        raise SystemExit("claims benchmark: redis-server is not installed, so the Redis column cannot be measured. "
-                         "Install it (Debian/Ubuntu: apt-get install redis-server) or pass --no-redis.")  # fmt: skip
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    version = next((word[2:] for word in version.split() if word.startswith("v=")), version.strip())
-    os.makedirs(folder)
-    port, log = free_port(), os.path.join(folder, "redis.log")
-    server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               "--dir", folder, "--logfile", log], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
-    try:
-        wait_for_ping(port, server, log)
-        yield RedisServer(f"redis://127.0.0.1:{port}/0", server.pid, version)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_ping(port: int, server: subprocess.Popen, log: str) -> None:
-    """Return once the server answers PING; RuntimeError with its log if it exits or stays silent for 20 s."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            tail = Path(log).read_text(errors="replace")[-2000:] if os.path.exists(log) else "(no log)"
-            raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}:\n{tail}")
-        time.sleep(0.05)
-
-
-def _die_with_parent() -> None:
-    """In the redis-server child before exec: have Linux SIGTERM it if the benchmark dies, even by SIGKILL, when no
-    `finally` runs."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def redis_spec(url: str) -> str:
     """The backend spec of one round: the private server with a namespace of its own, so rounds share no claims."""
     return f"{url}?namespace=bench{secrets.token_hex(6)}"
@@ -614,7 +543,7 @@ def main() -> None:
     ARGS = parser.parse_args()  # fmt: skip
     workdir = tempfile.mkdtemp(prefix="hypervisor-bench-claims-", dir=ARGS.workdir)
     try:
-        with private_redis(os.path.join(workdir, "redis")) if ARGS.redis else contextlib.nullcontext() as server:
+        with private_redis(os.path.join(workdir, "redis"), "claims") if ARGS.redis else contextlib.nullcontext() as server:
             HELPER_PIDS = (server.pid,) if server else ()
             report = run_benchmark(workdir, server)
         emit(table(report), report, ARGS.json)

@@ -6,7 +6,7 @@ import os
 
 from . import fsutil
 from .rules import check_task_id
-from .timeutil import humanize, now
+from .timeutil import humanize
 
 STATE_DIR = ".hypervisor"
 LOCK_WAIT_SECONDS = 5.0  # a hook gives up on a lock held this long rather than stall the agent

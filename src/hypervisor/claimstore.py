@@ -65,7 +65,8 @@ class FileClaims:
         return self.read(task_id), None
 
     def names(self, max_age: float | None = None) -> set[str]:
-        """Ids of the tasks that have a claim record (live or expired); always fresh (a listdir is cheap)."""
+        """The ids whose claim a look at the queue must know of: here every task with a claim record (live or
+        expired), listed fresh (a listdir is cheap)."""
         try:
             names = os.listdir(os.path.join(self.state, "claims"))
         except FileNotFoundError:

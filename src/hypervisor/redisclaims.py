@@ -15,32 +15,42 @@ if TYPE_CHECKING:
 DEFAULT_NAMESPACE = "hypervisor"
 UNREACHABLE_HINT = ("(is redis-server running there? the backend comes from --backend, HYPERVISOR_BACKEND or "
                     "backend: in .hypervisor.yaml)")
+RECENT_SECONDS = 10.0  # a claim this recent may not be in a task index yet (the claimer writes its file just after)
 EVENTS_MAXLEN = 1_000_000  # the stream is trimmed (approximately) beyond this many events
 
 # Keys, under `<namespace>:`: claim:<id> the record (JSON, kept after its lease runs out, until the claim ends),
 # lease:<id> the holder's token with the lease as its TTL (it exists exactly while the lease is live),
 # seq:<id> a counter bumped by every claim and every end of a claim (the fence a claimer compares),
-# claimed the set of ids with a record, events the stream of transitions.
+# claimed a sorted set of the ids with a record by claim time, expiry the same ids by lease expiry (both in the
+# server's milliseconds: what lets a look at the queue fetch only the recent and the lapsed claims),
+# events the stream of transitions.
+_NOW = """
+    if redis.replicate_commands then redis.replicate_commands() end
+    local clock = redis.call('TIME')
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
 SCRIPTS = {
     "read": """
         return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2]),
                 redis.call('GET', KEYS[3]) or '0'}
     """,
     # ARGV: task id, the seq the claimer read, the new record, lease ms, token
-    "acquire": """
+    "acquire": _NOW + """
         local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
         if seq ~= tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
         redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
         redis.call('SET', KEYS[1], ARGV[3])
         redis.call('SET', KEYS[3], seq + 1)
-        redis.call('SADD', KEYS[4], ARGV[1])
+        redis.call('ZADD', KEYS[4], now, ARGV[1])
+        redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[1])
         return 1
     """,
-    # ARGV: the record as read, the renewed record, token, lease ms
-    "renew": """
+    # ARGV: the record as read, the renewed record, token, lease ms, task id
+    "renew": _NOW + """
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
         redis.call('SET', KEYS[1], ARGV[2])
         redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+        redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[5])
         return 1
     """,
     # ARGV: token ('' for whoever holds it), task id
@@ -50,13 +60,14 @@ SCRIPTS = {
         if ARGV[1] ~= '' and cjson.decode(raw).token ~= ARGV[1] then return 0 end
         redis.call('DEL', KEYS[1], KEYS[2])
         redis.call('INCR', KEYS[3])
-        redis.call('SREM', KEYS[4], ARGV[2])
+        redis.call('ZREM', KEYS[4], ARGV[2])
+        redis.call('ZREM', KEYS[5], ARGV[2])
         return 1
     """,
     # ARGV: the key prefix
     "records": """
         local out = {}
-        for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+        for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
             local raw = redis.call('GET', ARGV[1] .. 'claim:' .. id)
             if raw then
                 local lease = redis.call('GET', ARGV[1] .. 'lease:' .. id)
@@ -67,6 +78,13 @@ SCRIPTS = {
             end
         end
         return out
+    """,
+    # ARGV: how far back "recent" goes, in ms. The ids claimed that recently and those whose lease has lapsed, as
+    # two newline-joined strings: a look at the queue costs what changed lately, not what is claimed in all.
+    "names": _NOW + """
+        local recent = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+        local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+        return {table.concat(recent, '\\n'), table.concat(lapsed, '\\n')}
     """,
     # ARGV: max length, the event as JSON
     "event": "return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])",
@@ -83,19 +101,6 @@ SCRIPTS = {
             table.insert(out, entry[2][2])
         end
         return out
-    """,
-    # ARGV: the key prefix. Two strings of newline-joined ids (live leases, lapsed ones), not an array: a queue
-    # with thousands of claims is looked at on every claim, and one string is far cheaper for a client to parse.
-    "names": """
-        local live, lapsed = {}, {}
-        for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-            if redis.call('PTTL', ARGV[1] .. 'lease:' .. id) > 0 then
-                table.insert(live, id)
-            else
-                table.insert(lapsed, id)
-            end
-        end
-        return {table.concat(live, '\\n'), table.concat(lapsed, '\\n')}
     """,
     "ping": "return redis.call('PING')",
 }
@@ -215,7 +220,7 @@ class RedisClaims:
 
     def _keys(self, task_id: str) -> list[str]:
         return [f"{self.prefix}claim:{task_id}", f"{self.prefix}lease:{task_id}", f"{self.prefix}seq:{task_id}",
-                f"{self.prefix}claimed"]  # fmt: skip
+                f"{self.prefix}claimed", f"{self.prefix}expiry"]  # fmt: skip
 
     # -- records --------------------------------------------------------------------------------------------
     def read(self, task_id: str) -> Claim | None:
@@ -228,12 +233,16 @@ class RedisClaims:
         return _claim(raw, lease, ttl), int(seq)
 
     def names(self, max_age: float | None = None) -> set[str]:
-        """Ids of the tasks that have a claim record (live or expired), with their leases for `lease_state`:
-        one round trip per look at the queue, never one per task."""
-        live, lapsed = self._run("names", [self.prefix + "claimed"], self.prefix)  # type: ignore[misc]
-        self._leases = dict.fromkeys(lapsed.decode().split("\n"), False) if lapsed else {}
-        if live:
-            self._leases.update(dict.fromkeys(live.decode().split("\n"), True))
+        """The ids whose claim a look at the queue (with an index up to `max_age` old) must know of, with their
+        leases for `lease_state`: those claimed lately, live, and those whose lease has lapsed. A task claimed
+        longer ago is in_progress in any index that recent; one whose claimer died before writing its file
+        looks claimable and is refused by the claim's own check on the server."""
+        window_ms = int(((max_age or 0.0) + RECENT_SECONDS) * 1000)
+        keys = [self.prefix + "claimed", self.prefix + "expiry"]
+        recent, lapsed = self._run("names", keys, window_ms)  # type: ignore[misc]
+        self._leases = dict.fromkeys(recent.decode().split("\n"), True) if recent else {}
+        if lapsed:
+            self._leases.update(dict.fromkeys(lapsed.decode().split("\n"), False))
         return set(self._leases)
 
     def lease_state(self, task_id: str, status: str, at: float, max_age: float | None = None) -> bool | None:
@@ -264,7 +273,7 @@ class RedisClaims:
     def renew(self, task_id: str, token: str, lease_seconds: float | None = None,
               worker: str | None = None) -> Claim | None:  # fmt: skip
         """Extend the lease from now if `token` holds the record (expired but not taken over counts); else None."""
-        keys = self._keys(task_id)[:2]
+        keys = self._keys(task_id)
         for _ in range(20):  # the record changes under us only by a renewal of the same holder (a hook and the
             raw = self._run("read", self._keys(task_id)[:3])[0]  # supervisor both renew): try again
             claim = _claim(raw)
@@ -275,7 +284,7 @@ class RedisClaims:
             if worker and not claim.worker:
                 claim.worker = worker
             new = lightjson.dumps(claim.to_json())
-            if self._run("renew", keys, raw, new, token, max(1, int(claim.lease_seconds * 1000))) == 1:
+            if self._run("renew", keys, raw, new, token, max(1, int(claim.lease_seconds * 1000)), task_id) == 1:
                 return claim
         raise BackendError(f"task {task_id}: the claim record kept changing; its lease was not renewed")
 

@@ -13,7 +13,7 @@ import time
 from . import rules, workers
 from .agents import Agent, Job, agent_for
 from .claimstore import ENV_BACKEND
-from .errors import ClaimRefused, HypervisorError, NothingToClaim, TaskNotFound, UsageError
+from .errors import HypervisorError, NothingToClaim, TaskNotFound, UsageError
 from .runs import RunFolder, new_run_id
 from .taskqueue import TaskQueue
 from .timeutil import humanize, iso, now
