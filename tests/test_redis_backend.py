@@ -95,6 +95,9 @@ def test_an_unreachable_server_or_a_bad_spec_is_named_with_what_to_do(root):
     result = run_cli("claim", "--caller", "w1", "--tasks", str(root), "--backend", "postgres://db/1")
     assert result.returncode == 1
     assert "backend 'postgres://db/1' is not allowed: use `file`" in result.stderr and "redis://" in result.stderr
+    secret = f"redis://worker:s3cret@127.0.0.1:{free_port()}/0"
+    result = run_cli("claim", "--caller", "w1", "--tasks", str(root), "--backend", secret)
+    assert "cannot reach Redis at redis://worker:***@127.0.0.1:" in result.stderr and "s3cret" not in result.stderr
     result = run_cli("claim", "--caller", "w1", "--tasks", str(root), env={"HYPERVISOR_BACKEND": url + "?namespace=a b"})
     assert "namespace 'a b' is not allowed" in result.stderr
     assert (root / "a.md").read_text() == before, "nothing may change when the backend is unusable"

@@ -44,16 +44,10 @@ class FileClaims:
     """Claims as JSON files in `<state>/claims/`, made atomic by the per-task flock the caller holds; events in
     `<state>/events.jsonl`. Atomic on one machine's local disk only."""
 
-    kind = "file"
-    shared = False  # every process sees the same disk and the same flocks: no cross-host fence needed
-
     def __init__(self, state: str) -> None:
         self.spec = "file"
         self.state = state
         self._cache: dict[str, tuple[tuple[int, int, int], Claim | None]] = {}
-
-    def describe(self) -> str:
-        return f"file ({os.path.join(self.state, 'claims')})"
 
     # -- records --------------------------------------------------------------------------------------------
     def read(self, task_id: str) -> Claim | None:
@@ -94,7 +88,7 @@ class FileClaims:
             self._cache[task_id] = cached
         return cached[1]
 
-    def lease_state(self, task_id: str, status: str, at: float, max_age: float | None = None) -> bool | None:
+    def lease_state(self, task_id: str, status: str, at: float) -> bool | None:
         """Whether the task's lease is live at `at`; None if it has no claim record."""
         claim = self.cached(task_id, status, at)
         return None if claim is None else not claim.expired(at)

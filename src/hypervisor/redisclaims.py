@@ -131,7 +131,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         key, _, value = pair.partition("=")
         if key == "namespace":
             if not value or not all(c.isalnum() or c in "-_." for c in value):
-                raise BackendError(f"backend {spec!r}: namespace {value!r} is not allowed: use letters, digits, - _ .")
+                raise BackendError(f"backend {_without_password(spec)!r}: namespace {value!r} is not allowed: use letters, digits, - _ .")
             namespace = value
         else:
             kept.append(pair)
@@ -141,21 +141,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
 class RedisClaims:
     """The claim backend on one Redis database; same contract as FileClaims, atomic across machines."""
 
-    kind = "redis"
-    shared = True  # other hosts change claims without our flocks: a claim is fenced by `seq`, checked on the server
-
     def __init__(self, spec: str, state: str, light: bool = False) -> None:
         self.spec = spec
         self.state = state
         self.url, self.namespace = parse_spec(spec)
+        self.shown = _without_password(self.url)  # what error messages name: logs and model prompts see them
         self.prefix = self.namespace + ":"
         self._light = light
         self._call: Callable[..., object] | None = None
         self._closer: Callable[[], None] = lambda: None
         self._leases: dict[str, bool] = {}
-
-    def describe(self) -> str:
-        return f"redis ({self.url}, namespace {self.namespace})"
 
     # -- the connection -------------------------------------------------------------------------------------
     def _connect(self) -> Callable[..., object]:
@@ -171,7 +166,7 @@ class RedisClaims:
         try:
             client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
         except ValueError as error:
-            raise BackendError(f"backend {self.spec!r} is not a Redis URL: {error}") from None
+            raise BackendError(f"backend {_without_password(self.spec)!r} is not a Redis URL: {error}") from None
         errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
         def call(*args: object) -> object:
@@ -180,9 +175,9 @@ class RedisClaims:
             except redis.exceptions.NoScriptError:
                 raise _NoScript() from None
             except errors as error:
-                raise BackendError(f"cannot reach Redis at {self.url}: {error} {UNREACHABLE_HINT}") from None
+                raise BackendError(f"cannot reach Redis at {self.shown}: {error} {UNREACHABLE_HINT}") from None
             except redis.exceptions.RedisError as error:
-                raise BackendError(f"Redis at {self.url} refused {args[0]}: {error}") from None
+                raise BackendError(f"Redis at {self.shown} refused {args[0]}: {error}") from None
 
         self._closer = client.close
         return call
@@ -191,13 +186,14 @@ class RedisClaims:
         from . import resp
 
         connection = resp.Connection(**light_address(self.url))
+
         def call(*args: object) -> object:
             try:
                 return connection.call(*args)
             except resp.ReplyError as error:
                 if str(error).startswith("NOSCRIPT"):
                     raise _NoScript() from None
-                raise BackendError(f"Redis at {self.url} refused {args[0]}: {error}") from None
+                raise BackendError(f"Redis at {self.shown} refused {args[0]}: {error}") from None
 
         self._closer = connection.close
         return call
@@ -245,7 +241,7 @@ class RedisClaims:
             self._leases.update(dict.fromkeys(lapsed.decode().split("\n"), False))
         return set(self._leases)
 
-    def lease_state(self, task_id: str, status: str, at: float, max_age: float | None = None) -> bool | None:
+    def lease_state(self, task_id: str, status: str, at: float) -> bool | None:
         """Whether the task's lease is live as of the last `names()`; None if it had no claim record."""
         return self._leases.get(task_id)
 
@@ -346,7 +342,17 @@ def light_address(url: str) -> dict:
                 "username": _unquote(username) or None,
                 "password": _unquote(password) if userinfo and ":" in userinfo else None}  # fmt: skip
     except ValueError as error:
-        raise BackendError(f"backend {url!r} is not a Redis URL: {error}") from None
+        raise BackendError(f"backend {_without_password(url)!r} is not a Redis URL: {error}") from None
+
+
+def _without_password(url: str) -> str:
+    """`url` with any password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.partition("@")
+    if not at or "/" in userinfo:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
 
 
 def _unquote(text: str) -> str:

@@ -84,7 +84,7 @@ class TaskQueue:
             status = summary["status"]
             if not self._claimable_status(status, task_id in with_record):
                 continue
-            live = self.claims.lease_state(task_id, status, at, max_age) if task_id in with_record else None
+            live = self.claims.lease_state(task_id, status, at) if task_id in with_record else None
             if live is None and not rules.is_status_claimable(status):
                 continue  # its claim record vanished meanwhile: an in_progress task nobody holds is left alone
             if live:
