@@ -6,7 +6,7 @@ import os
 
 from . import fsutil
 from .rules import check_task_id
-from .timeutil import humanize
+from .timeutil import humanize, now
 
 STATE_DIR = ".hypervisor"
 LOCK_WAIT_SECONDS = 5.0  # a hook gives up on a lock held this long rather than stall the agent
@@ -86,6 +86,20 @@ def token_problem(claim: Claim, token: str, at: float) -> str | None:
         f"claim token does not match the live claim on task {claim.task_id} (held by {claim.caller}); "
         "use the token your claim returned"
     )
+
+
+def renewed(claim: Claim | None, token: str, lease_seconds: float | None = None,
+            worker: str | None = None) -> Claim | None:  # fmt: skip
+    """`claim` with its lease extended from now (and the worker noted) if `token` holds it, else None.
+
+    A lease that ran out but was not taken over is renewed: the token is the fence, not the clock."""
+    if claim is None or claim.token != token:
+        return None
+    claim.lease_seconds = lease_seconds or claim.lease_seconds
+    claim.lease_expires_at = now() + claim.lease_seconds
+    if worker and not claim.worker:
+        claim.worker = worker
+    return claim
 
 
 def read_claim(state: str, task_id: str) -> Claim | None:

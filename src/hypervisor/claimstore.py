@@ -7,7 +7,6 @@ import os
 from . import claims, fsutil, lightjson
 from .claims import Claim
 from .errors import BackendError, ClaimRefused
-from .timeutil import now
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
@@ -106,14 +105,9 @@ class FileClaims:
     def renew(self, task_id: str, token: str, lease_seconds: float | None = None,
               worker: str | None = None) -> Claim | None:  # fmt: skip
         """Extend the lease from now if `token` holds the record (expired but not taken over counts); else None."""
-        claim = self.read(task_id)
-        if claim is None or claim.token != token:
-            return None
-        claim.lease_seconds = lease_seconds or claim.lease_seconds
-        claim.lease_expires_at = now() + claim.lease_seconds
-        if worker and not claim.worker:
-            claim.worker = worker
-        claims.write_claim(self.state, claim)
+        claim = claims.renewed(self.read(task_id), token, lease_seconds, worker)
+        if claim is not None:
+            claims.write_claim(self.state, claim)
         return claim
 
     def renew_unlocked(self, task_id: str, token: str, worker: str | None = None) -> Claim | None:

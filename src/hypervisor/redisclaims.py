@@ -4,7 +4,7 @@ atomic on the server; leases expire by server-side TTL; every holder change is c
 from __future__ import annotations
 
 from . import lightjson
-from .claims import Claim, parse_claim
+from .claims import Claim, parse_claim, renewed
 from .errors import BackendError
 from .timeutil import now
 
@@ -271,14 +271,10 @@ class RedisClaims:
         """Extend the lease from now if `token` holds the record (expired but not taken over counts); else None."""
         keys = self._keys(task_id)
         for _ in range(20):  # the record changes under us only by a renewal of the same holder (a hook and the
-            raw = self._run("read", self._keys(task_id)[:3])[0]  # supervisor both renew): try again
-            claim = _claim(raw)
-            if claim is None or claim.token != token:
+            raw = self._run("read", keys[:3])[0]  # supervisor both renew): try again
+            claim = renewed(_claim(raw), token, lease_seconds, worker)
+            if claim is None:
                 return None
-            claim.lease_seconds = lease_seconds or claim.lease_seconds
-            claim.lease_expires_at = now() + claim.lease_seconds
-            if worker and not claim.worker:
-                claim.worker = worker
             new = lightjson.dumps(claim.to_json())
             if self._run("renew", keys, raw, new, token, max(1, int(claim.lease_seconds * 1000)), task_id) == 1:
                 return claim
