@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -58,9 +60,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> str:
-    """A private redis-server on 127.0.0.1 (Debian's package; `python3 dev.py test` installs it). Its URL.
+@contextlib.contextmanager
+def running_redis(folder: Path, addresses: tuple[str, ...] = ("127.0.0.1",), port: int | None = None,
+                  extra: tuple[str, ...] = (), wait_seconds: float = 20) -> Iterator[int]:  # fmt: skip
+    """A private redis-server (Debian's package; `python3 dev.py test` installs it) bound to `addresses`,
+    persisting nothing, answering PING on each; its port. Stopped on leaving, error or not.
 
     Without the binary the Redis tests fail, never skip: the claim contract must be proven on both backends."""
     exe = shutil.which("redis-server") or next((p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server")
@@ -68,26 +72,43 @@ def redis_server(tmp_path_factory) -> str:
     if exe is None:
         pytest.fail("redis-server is not installed: `apt-get install redis-server` (python3 dev.py test does this "
                     "when run as root); the Redis backend tests need it", pytrace=False)  # fmt: skip
-    folder = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder), "--logfile", str(folder / "redis.log"),
-                             "--unixsocket", str(folder / "redis.sock")])  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
+    port = port or free_port()
+    log = folder / "redis.log"
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", *addresses, "--save", "", "--appendonly", "no",
+                             "--dir", str(folder), "--logfile", str(log), *extra])  # fmt: skip
+    try:
+        deadline = time.monotonic() + wait_seconds
+        for address in addresses:
+            while not _answers_ping(address, port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text()[-3000:] if log.exists() else f"({log} was not written)"
+                    pytest.fail(f"redis-server did not answer on {address}:{port}: {tail}")
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"redis-server did not start on port {port}: {(folder / 'redis.log').read_text()[-2000:]}")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=20)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers_ping(address: str, port: int) -> bool:
+    try:  # the connection is closed at once: tests that count the server's clients see none left from here
+        with socket.create_connection((address, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> str:
+    """The URL of a private redis-server on 127.0.0.1 (also on a unix socket) shared by the session's tests."""
+    folder = tmp_path_factory.mktemp("redis")
+    with running_redis(folder, extra=("--unixsocket", str(folder / "redis.sock"))) as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture(params=["file", "redis"])

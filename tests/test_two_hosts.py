@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import free_port, make_queue
+from conftest import free_port, make_queue, running_redis
 from hypervisor.store import TaskStore
 from test_concurrency import make_store
 
@@ -167,41 +167,8 @@ def _unshare_command() -> list[str]:
                 + "; ".join(tried), pytrace=False)  # fmt: skip
 
 
-def _start_redis(cleanup: contextlib.ExitStack, folder: Path, addresses: list[str], port: int) -> None:
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(exe):
-        pytest.fail("redis-server is not installed: `apt-get install redis-server`", pytrace=False)
-    log = folder / "redis.log"
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", *addresses, "--protected-mode", "no", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder), "--logfile", str(log)])  # fmt: skip
-    cleanup.callback(_stop, proc)
-    deadline = time.monotonic() + SETUP_WAIT_SECONDS
-    for address in addresses:
-        while True:
-            client = redis.Redis(host=address, port=port, socket_timeout=1)
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.RedisError:
-                pass
-            finally:
-                client.close()  # the race counts the server's connections: none may be left over from here
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not answer on {address}:{port}: {_tail(log)}")
-            time.sleep(0.05)
-
-
 def _tail(path: Path) -> str:
     return path.read_text()[-3000:] if path.exists() else f"({path} was not written)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +178,12 @@ def two_hosts(tmp_path_factory) -> TwoHosts:
         made = _make_links(cleanup)
         unshare = _unshare_command()
         port = free_port()
-        if isinstance(made, str):
-            hosts = [Host(f"host-{letter}", "127.0.0.1", "127.0.0.1", None) for letter in "ab"]
-            _start_redis(cleanup, tmp_path_factory.mktemp("redis"), ["127.0.0.1"], port)
-            yield TwoHosts(hosts, port, unshare, fallback=made)
-        else:
-            _start_redis(cleanup, tmp_path_factory.mktemp("redis"), [h.server_address for h in made], port)
-            yield TwoHosts(made, port, unshare, fallback=None)
+        hosts = [Host(f"host-{letter}", "127.0.0.1", "127.0.0.1", None) for letter in "ab"] \
+            if isinstance(made, str) else made  # fmt: skip
+        addresses = tuple(dict.fromkeys(host.server_address for host in hosts))
+        cleanup.enter_context(running_redis(tmp_path_factory.mktemp("redis"), addresses, port,
+                                            ("--protected-mode", "no"), SETUP_WAIT_SECONDS))  # fmt: skip
+        yield TwoHosts(hosts, port, unshare, fallback=made if isinstance(made, str) else None)
 
 
 def _probe(host: Host, port: int, addresses: list[str]) -> dict[str, str]:
