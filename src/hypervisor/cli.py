@@ -514,8 +514,49 @@ def mcp(tasks) -> None:
     from .mcp_server import serve
 
     ctx = _ctx(tasks)
-    ctx.store.ensure_state()
-    serve(ctx.queue)
+
+    def open_queue() -> TaskQueue:
+        """Opened at the first tool call, and again at each until it works: a project may make its task root
+        (or fix its .hypervisor.yaml) while the session runs."""
+        ctx._config = ctx._queue = None
+        ctx.queue.store.ensure_state()
+        return ctx.queue
+
+    serve(open_queue)
+
+
+@cli.command()
+@click.option("--tasks", "tasks", metavar="DIR", help="The task root to make (default: tasks: in an existing "
+              ".hypervisor.yaml, else ./tasks).")  # fmt: skip
+def init(tasks) -> None:
+    """Set up hypervisor in the current folder: .hypervisor.yaml and an empty task root, unless they exist.
+
+    Prints what it made and the next steps. Safe to run again: nothing that exists is changed."""
+    from .config import CONFIG_NAME
+    from .store import TaskStore
+
+    here = os.getcwd()
+    config_path = os.path.join(here, CONFIG_NAME)
+    made = []
+    existing = load_config(config_path) if os.path.isfile(config_path) else None
+    name = tasks or (existing.tasks if existing and existing.tasks else "tasks")
+    if existing is None:
+        from . import fsutil
+
+        fsutil.atomic_write(config_path, f"# hypervisor settings (see its README)\ntasks: {name}\n".encode())
+        made.append(config_path)
+    root = os.path.abspath(os.path.join(here, name))
+    if not os.path.isdir(root):
+        os.makedirs(root)
+        made.append(root + os.sep)
+    TaskStore(root).ensure_state()
+    for path in made:
+        click.echo(f"made {path}")
+    if not made:
+        click.echo(f"already set up: {config_path} names the task root {root}")
+    click.echo(f"next: write a task as {os.path.join(name, 'my-first-task.md')} (YAML frontmatter with title and "
+               "status: active, then its description), then `hypervisor list`; agents claim it through the "
+               "plugin's task tools or `hypervisor run`")  # fmt: skip
 
 
 def main() -> None:

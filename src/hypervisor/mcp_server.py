@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -48,16 +48,35 @@ def _for_model(error: HypervisorError) -> ToolError:
     return ToolError(text)
 
 
-def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPServer:
-    """An MCPServer whose tools call `queue`; every HypervisorError becomes a tool error, once, here.
+class _Queue:
+    """The queue the tools use, opened on first use: a project with no task root yet still gets a server whose
+    every call says how to make one, and works once it exists."""
+
+    def __init__(self, source: TaskQueue | Callable[[], TaskQueue]) -> None:
+        self._queue = source if isinstance(source, TaskQueue) else None
+        self._open = source
+
+    def __getattr__(self, name: str) -> Any:
+        if self._queue is None:
+            self._queue = self._open()
+        return getattr(self._queue, name)
+
+
+def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, str] | None = None) -> MCPServer:
+    """An MCPServer whose tools call `queue` (or the queue a callable opens on first use, raising HypervisorError
+    until it can); every HypervisorError becomes a tool error, once, here.
 
     Started inside a supervised worker (`env` holds HYPERVISOR_TASK_ID and HYPERVISOR_CLAIM_TOKEN), claim_next_task
     hands over the claim the supervisor made for it instead of claiming anything else."""
     supervised = workers.supervised_claim(os.environ if env is None else env)
     server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__)
+    queue = _Queue(queue)
 
-    def call(function, *args: Any, **kwargs: Any) -> Any:
+    def call(function: str | Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run a queue method (by name) or a function; a refusal becomes a tool error."""
         try:
+            if isinstance(function, str):
+                function = getattr(queue, function)
             return function(*args, **kwargs)
         except HypervisorError as error:
             raise _for_model(error) from None
@@ -108,8 +127,8 @@ def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPS
                     f"you were started by the hypervisor supervisor for task {supervised[0]}, which is already "
                     f"claimed for you: call claim_next_task with task_id {supervised[0]!r} and work only on it"
                 )
-            return call(queue.handed_over, *supervised)
-        return call(queue.claim_next, caller, task_id=task_id, project=project, ids=batch)
+            return call("handed_over", *supervised)
+        return call("claim_next", caller, task_id=task_id, project=project, ids=batch)
 
     @server.tool(annotations=WRITES)
     def update_task(
@@ -126,7 +145,7 @@ def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPS
         note: Annotated[str | None, Field(description="A note to append under '## Notes' in the task body.")] = None,
     ) -> dict:
         """Change a task's status, assignee or priority, or add a note. A claimed task needs its claim_token."""
-        return call(queue.update, id, token=claim_token, caller=caller, status=status, assignee=assignee,
+        return call("update", id, token=claim_token, caller=caller, status=status, assignee=assignee,
                     priority=priority, note=note)  # fmt: skip
 
     @server.tool(annotations=WRITES)
@@ -138,7 +157,7 @@ def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPS
         commit: Annotated[str | None, Field(description="The commit SHA holding your work, if any.")] = None,
     ) -> dict:
         """Mark your claimed task done and log the summary in its body. Only after the work is really finished."""
-        return call(queue.complete, id, token=claim_token, caller=caller, summary=summary, commit=commit)
+        return call("complete", id, token=claim_token, caller=caller, summary=summary, commit=commit)
 
     @server.tool(annotations=WRITES)
     def block_task(
@@ -148,23 +167,23 @@ def build_server(queue: TaskQueue, env: Mapping[str, str] | None = None) -> MCPS
         caller: Caller = None,
     ) -> dict:
         """Mark your claimed task blocked with a reason. Use it at the first real obstacle instead of retrying."""
-        return call(queue.block, id, token=claim_token, caller=caller, reason=reason)
+        return call("block", id, token=claim_token, caller=caller, reason=reason)
 
     @server.tool(annotations=WRITES)
     def release_task(id: TaskId, claim_token: Token = None, caller: Caller = None) -> dict:  # noqa: A002
         """Give your claimed task back to the queue unfinished, for someone else to pick up."""
-        return call(queue.release, id, token=claim_token, caller=caller, reason="release_task")
+        return call("release", id, token=claim_token, caller=caller, reason="release_task")
 
     @server.tool(annotations=READ_ONLY)
     def get_index_stats(
         include_projects: Annotated[bool, Field(description="Add counts per project.")] = False,
     ) -> dict:
         """Count tasks by status, plus how many are ready, claimed, and invalid."""
-        return call(queue.stats, by_project=include_projects)
+        return call("stats", by_project=include_projects)
 
     return server
 
 
-def serve(queue: TaskQueue) -> None:
+def serve(queue: TaskQueue | Callable[[], TaskQueue]) -> None:
     """Serve the tools on stdio until the client closes the connection."""
     build_server(queue).run("stdio")

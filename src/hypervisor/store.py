@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 INDEX_VERSION = 1
 
 
+def missing_root_advice(root: str) -> str:
+    """What to say when the task root is missing: each way to make one, all of which work."""
+    return (
+        f"task root {root} does not exist. Make one: run `hypervisor init` in the project folder (creates "
+        f"{os.path.basename(root) or root}/ and .hypervisor.yaml), or create the folder {root}, or name another "
+        "with `tasks: DIR` in .hypervisor.yaml, HYPERVISOR_TASKS or --tasks DIR"
+    )
+
+
 class TaskStore:
     """Tasks under `root`; state (locks, claims, events, index) under `root/.hypervisor`."""
 
@@ -41,11 +50,7 @@ class TaskStore:
     def ensure_state(self) -> str:
         """Create the state folder (ignored by git) and its subfolders; returns its path."""
         if not os.path.isdir(self.root):
-            msg = (
-                f"task root {self.root} does not exist: pass --tasks DIR, set HYPERVISOR_TASKS, "
-                "or put 'tasks: DIR' in .hypervisor.yaml"
-            )
-            raise TaskNotFound(msg)
+            raise TaskNotFound(missing_root_advice(self.root))
         for sub in ("", "locks", "claims", "runs"):
             os.makedirs(os.path.join(self.state, sub), exist_ok=True)
         ignore = os.path.join(self.state, ".gitignore")
