@@ -92,12 +92,7 @@ class GeminiAgent(Agent):
         if not self.exe or not os.access(self.exe, os.X_OK):
             raise UsageError("--agent gemini: the `gemini` command was not found: install Gemini CLI "
                              "(npm install -g @google/gemini-cli) or set HYPERVISOR_GEMINI to its path")  # fmt: skip
-        root = plugin_root()
-        installed = os.path.join(os.path.expanduser("~"), ".gemini", "extensions", "hypervisor")
-        if not os.path.isdir(installed):
-            raise UsageError(f"--agent gemini: the hypervisor extension is not installed for this user "
-                             f"({installed} is missing): run `gemini extensions link {os.path.join(root, 'gemini')} "
-                             "--consent` once")  # fmt: skip
+        root = gemini_extension_root()
         self.prompt = read_prompt(root, "gemini-task-worker.md")
 
     def argv(self, job: Job) -> list[str]:
@@ -163,18 +158,125 @@ def run_section(job: Job, claim_tool: str) -> str:
     )
 
 
+# Where the plugin comes from, for the one-line "how to get it" messages.
+SOURCE = "<hypervisor git URL or clone>"
+GET_CLAUDE = f"`claude plugin marketplace add {SOURCE}` then `claude plugin install hypervisor@hypervisor`"
+GET_GEMINI = f"`git clone {SOURCE} ~/hypervisor` then `cd ~/hypervisor && gemini extensions link gemini --consent`"
+PLUGIN_KEY = "hypervisor@hypervisor"  # <plugin>@<marketplace> in Claude Code's installed_plugins.json
+
+
 def plugin_root() -> str:
-    """The hypervisor plugin folder (holding .claude-plugin/): HYPERVISOR_PLUGIN_ROOT, else the checkout the package
-    runs from."""
+    """The hypervisor plugin folder (holding .claude-plugin/plugin.json and prompts/), looked up where users put it:
+    HYPERVISOR_PLUGIN_ROOT; the checkout this package runs from; the Claude Code plugin install
+    (~/.claude/plugins/installed_plugins.json: `claude plugin install hypervisor@hypervisor`); the clone the Gemini
+    extension is linked from (`gemini extensions link <clone>/gemini`). Else a UsageError saying how to get it."""
     explicit = os.environ.get("HYPERVISOR_PLUGIN_ROOT")
-    candidates = [explicit] if explicit else []
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates += [os.path.dirname(os.path.dirname(here))]  # src/hypervisor -> the checkout
-    for root in candidates:
-        if os.path.isfile(os.path.join(root, ".claude-plugin", "plugin.json")):
+    if explicit:
+        if is_plugin_root(explicit):
+            return os.path.abspath(explicit)
+        raise UsageError(f"HYPERVISOR_PLUGIN_ROOT={explicit} holds no .claude-plugin/plugin.json: point it at a "
+                         "hypervisor clone, or unset it")  # fmt: skip
+    for root in (checkout_root(), claude_installed_root(), gemini_linked_root()):
+        if root:
             return root
-    raise UsageError("the hypervisor plugin files were not found (.claude-plugin/plugin.json): set "
-                     "HYPERVISOR_PLUGIN_ROOT to the hypervisor checkout")  # fmt: skip
+    raise UsageError(f"the hypervisor plugin files were not found: install the Claude Code plugin "
+                     f"({GET_CLAUDE}), or link the Gemini extension ({GET_GEMINI}), or set HYPERVISOR_PLUGIN_ROOT "
+                     "to a clone")  # fmt: skip
+
+
+def is_plugin_root(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ".claude-plugin", "plugin.json"))
+
+
+def checkout_root() -> str | None:
+    """The repository this package runs from (src/hypervisor -> the checkout), None for an installed package."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return root if is_plugin_root(root) else None
+
+
+def claude_installed_root() -> str | None:
+    """The installPath Claude Code recorded for the hypervisor plugin (`claude plugin install
+    hypervisor@hypervisor` copies it to ~/.claude/plugins/cache/<marketplace>/hypervisor/<version>/), None if
+    there is none on disk. An install for the current project comes first, then the user's, newest first."""
+    config = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    data = _read_json(os.path.join(config, "plugins", "installed_plugins.json"))
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if not isinstance(plugins, dict):
+        return None
+    cwd = os.path.abspath(os.getcwd()) + os.sep
+    found = []
+    for key, entries in plugins.items():
+        if not isinstance(key, str) or key.split("@", 1)[0] != "hypervisor":
+            continue
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if isinstance(entry, dict) and isinstance(entry.get("installPath"), str):
+                found.append((key, entry))
+    found.sort(key=lambda item: str(item[1].get("lastUpdated") or ""), reverse=True)  # newest first, then:
+
+    def rank(item: tuple) -> tuple:
+        key, entry = item
+        project = entry.get("projectPath")
+        here = isinstance(project, str) and cwd.startswith(os.path.join(os.path.abspath(project), ""))
+        return (key != PLUGIN_KEY, 0 if here else 1 if entry.get("scope") == "user" else 2)
+
+    for _, entry in sorted(found, key=rank):
+        if is_plugin_root(entry["installPath"]):
+            return os.path.abspath(entry["installPath"])
+    return None
+
+
+def gemini_extension_dir() -> str:
+    """Where Gemini CLI keeps the hypervisor extension for this user (GEMINI_CLI_HOME replaces HOME there)."""
+    home = os.environ.get("GEMINI_CLI_HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".gemini", "extensions", "hypervisor")
+
+
+def gemini_linked_root() -> str | None:
+    """The clone the hypervisor Gemini extension is linked from (its gemini/ folder's parent), None if it is not
+    linked or that clone is gone."""
+    meta = _read_json(os.path.join(gemini_extension_dir(), ".gemini-extension-install.json"))
+    if not isinstance(meta, dict) or meta.get("type") != "link" or not isinstance(meta.get("source"), str):
+        return None
+    root = os.path.dirname(os.path.abspath(meta["source"]))
+    return root if is_plugin_root(root) else None
+
+
+def gemini_extension_root() -> str:
+    """The plugin folder behind this user's hypervisor Gemini extension, checked so that its hooks and MCP server
+    (reached as `${extensionPath}/../hooks` and `../scripts`) will start; else a UsageError saying how to fix it."""
+    installed = gemini_extension_dir()
+    meta = _read_json(os.path.join(installed, ".gemini-extension-install.json"))
+    if not isinstance(meta, dict):
+        try:
+            fix = f"`cd {plugin_root()} && gemini extensions link gemini --consent`"
+        except UsageError:
+            fix = GET_GEMINI
+        what = "has no install record" if os.path.isdir(installed) else "is missing"
+        raise UsageError(f"--agent gemini: the hypervisor extension is not installed for this user ({installed} "
+                         f"{what}): run {fix} once")  # fmt: skip
+    kind, source = meta.get("type"), meta.get("source")
+    extension = os.path.abspath(source) if kind == "link" and isinstance(source, str) else installed
+    root = os.path.dirname(extension)
+    needed = [os.path.join(extension, "gemini-extension.json"), os.path.join(root, "hooks", "tool_hook.py"),
+              os.path.join(root, "scripts", "launch.py"), os.path.join(root, "prompts", "gemini-task-worker.md")]
+    missing = [path for path in needed if not os.path.isfile(path)]
+    if not missing:
+        return root
+    if kind != "link":
+        raise UsageError(f"--agent gemini: the hypervisor extension in {installed} is a copy ({kind} install), which "
+                         "cannot reach the hook script and MCP server beside gemini/: run `gemini extensions uninstall "
+                         f"hypervisor`, then {GET_GEMINI}")  # fmt: skip
+    raise UsageError(f"--agent gemini: the hypervisor extension is linked from {extension}, but {missing[0]} is "
+                     "missing: restore that clone, or run `gemini extensions uninstall hypervisor` and link a "
+                     "clone again")  # fmt: skip
+
+
+def _read_json(path: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def read_prompt(root: str, name: str) -> str:

@@ -69,7 +69,8 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
     Started inside a supervised worker (`env` holds HYPERVISOR_TASK_ID and HYPERVISOR_CLAIM_TOKEN), claim_next_task
     hands over the claim the supervisor made for it instead of claiming anything else."""
     supervised = workers.supervised_claim(os.environ if env is None else env)
-    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__)
+    # WARNING: a refusal is an answer to the model, not something for the MCP log (INFO logs each one).
+    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     queue = _Queue(queue)
 
     def call(function: str | Callable, *args: Any, **kwargs: Any) -> Any:
