@@ -5,6 +5,33 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
+# Note every module the import system compiles from source (its .pyc missing or stale; PYTHONDONTWRITEBYTECODE
+# then keeps Python from writing one), so the hook can write those .pyc files once it has answered.
+compiled = []
+try:
+    import _frozen_importlib_external as _external  # the import system itself: already loaded
+
+    _source_to_code = _external.SourceLoader.source_to_code
+
+    def _noting(loader, data, path, *args, **kwargs):
+        compiled.append(path)
+        return _source_to_code(loader, data, path, *args, **kwargs)
+
+    _external.SourceLoader.source_to_code = _noting
+except (ImportError, AttributeError):
+    _external = None
+
 from hypervisor.hooks import main  # noqa: E402
 
-raise SystemExit(main())
+code = main()
+if compiled:
+    try:
+        sys.stdout.flush()  # the CLI has the answer before any compiling starts
+        from hypervisor.bytecode import compile_sources  # noted too, if it compiles from source
+    except Exception:  # noqa: BLE001 - the cache is a nicety: it never costs the session its answer
+        compiled = []
+if _external is not None:
+    _external.SourceLoader.source_to_code = _source_to_code
+if compiled:
+    compile_sources(compiled)
+raise SystemExit(code)

@@ -3,7 +3,8 @@
 The contract every payload is held to (test_hook_contract):
   * exit code 0, within the timeout (no hang);
   * stdout empty, or exactly one JSON object; a deny has decision "block", a non-empty reason and
-    hookSpecificOutput.permissionDecision "deny";
+    hookSpecificOutput.permissionDecision "deny"; a rewrite (permissionDecision "allow" with updatedInput) answers
+    only an Agent call's PreToolUse and keeps all of its tool_input but the prompt;
   * no Python traceback on stderr;
   * a payload the hook cannot read says so on stderr, on a line starting "hypervisor hook:".
 Across all payloads, nothing under a task root outside `.hypervisor/` (nor anywhere else in the fuzz projects) changes.
@@ -11,7 +12,8 @@ Across all payloads, nothing under a task root outside `.hypervisor/` (nor anywh
 Beyond the contract:
   * test_hook_does_not_crash: no "internal error" (the hook's catch-all for exceptions it did not expect);
   * test_gate_fails_closed: where the answer is known (an unbound worker editing, a bound worker editing outside its
-    task's scope, a worker whose binding or claim record is corrupt), a readable payload gets that answer.
+    task's scope, a worker whose binding or claim record is corrupt, an Agent prompt `/hypervisor:pull <id>`), a
+    readable payload gets that answer.
 
 The payloads are generated systematically (events x tools, fields x bad values, paths x hosts x workers,
 tool_response shapes, project variants) plus seeded random ones; they run in a 2-thread pool against one set of
@@ -296,8 +298,10 @@ def project_cases() -> list[Case]:
     plain_projects = ["gate_all", "gate_warn", "gate_off", "yaml_syntax", "yaml_badgate", "yaml_unknown", "yaml_binary",
                       "yaml_list", "yaml_flow", "yaml_tasks_missing", "yaml_is_dir", "no_root", "state_is_file",
                       "state_dirs_are_files", "corrupt"]  # fmt: skip
+    # no_root has no task root, no settings and no HYPERVISOR_TASKS: a project that does not use hypervisor,
+    # where the hooks stay out of the way
     expect_unbound = {"gate_all": "deny", "gate_warn": "warn", "gate_off": "allow", "yaml_flow": "deny",
-                      "yaml_tasks_missing": "deny", "yaml_is_dir": "deny", "no_root": "deny", "corrupt": "deny",
+                      "yaml_tasks_missing": "deny", "yaml_is_dir": "deny", "no_root": "allow", "corrupt": "deny",
                       "state_is_file": "deny", "state_dirs_are_files": "deny"}  # fmt: skip
     for project in plain_projects:
         p = f"@P:{project}@"
@@ -346,6 +350,55 @@ def project_cases() -> list[Case]:
         cases.append(Case(f"corrupt-binding-{name}-post", call("PostToolUse", "Bash", {"command": "ls"}, who=who,
                                                                cwd="@P:corrupt@", tool_response={"stdout": ""}),
                           project="corrupt"))  # fmt: skip
+    return cases
+
+
+AGENT_PROMPTS: list[tuple[str, object, object, str]] = [  # (name, prompt, subagent_type, expected verdict)
+    ("pull", "/hypervisor:pull t1", WORKER_TYPE, "rewrite"), ("pull-short", "/pull t1", WORKER_TYPE, "rewrite"),
+    ("pull-general", "/hypervisor:pull t1", "general-purpose", "rewrite"),
+    ("pull-short-general", "/pull t1", "general-purpose", "allow"), ("pull-short-no-type", "/pull t1", ..., "allow"),
+    ("pull-short-type-int", "/pull t1", 5, "allow"), ("pull-extra", "/hypervisor:pull t1 then run the tests",
+                                                        WORKER_TYPE, "rewrite"),
+    ("pull-leading-space", "  \n/hypervisor:pull t1", WORKER_TYPE, "rewrite"),
+    ("pull-newline", "/hypervisor:pull\nt1\nmore", WORKER_TYPE, "rewrite"),
+    ("pull-dotdot", "/hypervisor:pull ../../etc", WORKER_TYPE, "allow"),
+    ("pull-dots", "/hypervisor:pull a..b", WORKER_TYPE, "allow"),
+    ("pull-slash", "/hypervisor:pull a/b", WORKER_TYPE, "allow"),
+    ("pull-no-id", "/hypervisor:pull", WORKER_TYPE, "allow"),
+    ("pull-no-id-space", "/hypervisor:pull   ", WORKER_TYPE, "allow"),
+    ("pull-glued", "/hypervisor:pullt1", WORKER_TYPE, "allow"), ("pull-comma", "/pull t1, t2", WORKER_TYPE, "allow"),
+    ("pull-id-128", "/hypervisor:pull " + "a" * 128, WORKER_TYPE, "rewrite"),
+    ("pull-id-129", "/hypervisor:pull " + "a" * 129, WORKER_TYPE, "allow"),
+    ("pull-nul", "/hypervisor:pull t1\x00", WORKER_TYPE, "allow"),
+    ("pull-surrogate-extra", "/hypervisor:pull t1 \ud800 \u202e", WORKER_TYPE, "rewrite"),
+    ("pull-unicode-id", "/hypervisor:pull é1", WORKER_TYPE, "allow"),
+    ("pull-huge-extra", "/hypervisor:pull t1 " + "x" * 1_000_000, WORKER_TYPE, "rewrite"),
+    ("pull-mentioned", "please /hypervisor:pull t1", WORKER_TYPE, "allow"),
+    ("pull-upper", "/HYPERVISOR:PULL t1", WORKER_TYPE, "allow"), ("plain", "Do task t1.", WORKER_TYPE, "allow"),
+    ("prompt-int", 5, WORKER_TYPE, "allow"), ("prompt-null", None, WORKER_TYPE, "allow"),
+    ("prompt-list", ["/hypervisor:pull t1"], WORKER_TYPE, "allow"), ("prompt-missing", ..., WORKER_TYPE, "allow"),
+]  # fmt: skip
+
+
+def agent_cases() -> list[Case]:
+    """The Agent tool's PreToolUse: a `/hypervisor:pull <id>` prompt is spelled out, everything else left alone."""
+    cases = []
+    for name, prompt, subagent_type, expect in AGENT_PROMPTS:
+        tool_input = {"description": "a worker", "run_in_background": False}
+        if prompt is not ...:
+            tool_input["prompt"] = prompt
+        if subagent_type is not ...:
+            tool_input["subagent_type"] = subagent_type
+        cases.append(Case(f"agent-{name}", call("PreToolUse", "Agent", tool_input, who=PLAIN, agent_type=""),
+                          expect=expect))  # fmt: skip
+        if expect == "rewrite":  # from inside a subagent, in a project without hypervisor, and in the other phases
+            cases.append(Case(f"agent-{name}-nested", call("PreToolUse", "Agent", tool_input), expect=expect))
+            cases.append(Case(f"agent-{name}-no-root", call("PreToolUse", "Agent", tool_input, cwd="@P:no_root@"),
+                              project="no_root", expect=expect))  # fmt: skip
+            cases.append(Case(f"agent-{name}-post", call("PostToolUse", "Agent", tool_input, tool_response={}),
+                              expect="allow"))  # fmt: skip
+            cases.append(Case(f"agent-{name}-gemini", call("BeforeTool", "Agent", tool_input, who=GEM, agent_type=""),
+                              expect="allow"))  # fmt: skip
     return cases
 
 
@@ -477,7 +530,7 @@ def random_cases(seed: int = 20260101, count: int = 160) -> list[Case]:
 
 def all_cases() -> list[Case]:
     cases = raw_cases() + field_mutation_cases() + event_tool_cases() + path_cases() + response_cases() \
-        + project_cases() + random_cases()  # fmt: skip
+        + project_cases() + agent_cases() + random_cases()  # fmt: skip
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     for index, case in enumerate(cases):
@@ -682,6 +735,9 @@ class Result:
         if output.get("decision") == "block" or (isinstance(specific, dict)
                                                  and specific.get("permissionDecision") == "deny"):
             return "deny"
+        if isinstance(specific, dict) and specific.get("permissionDecision") == "allow" \
+                and isinstance(specific.get("updatedInput"), dict):  # fmt: skip
+            return "rewrite"
         return "warn" if output.get("systemMessage") else "other"
 
 
@@ -774,7 +830,9 @@ def contract_problems(result: Result) -> list[str]:
             problems.append("stdout is not one JSON value")
         if output is not None and not isinstance(output, dict):
             problems.append(f"stdout is JSON {type(output).__name__}, not an object")
-        if isinstance(output, dict):
+        if isinstance(output, dict) and result.verdict == "rewrite":
+            problems += rewrite_problems(result, output)
+        elif isinstance(output, dict):
             specific = output.get("hookSpecificOutput")
             denies = output.get("decision") is not None or (isinstance(specific, dict)
                                                             and specific.get("permissionDecision") is not None)
@@ -784,6 +842,26 @@ def contract_problems(result: Result) -> list[str]:
                 problems.append("a deny without decision 'block', permissionDecision 'deny' and a reason")
     if result.unreadable and not any(line.startswith("hypervisor hook:") for line in result.stderr.splitlines()):
         problems.append("an unreadable payload without a 'hypervisor hook:' line on stderr")
+    return problems
+
+
+def rewrite_problems(result: Result, output: dict) -> list[str]:
+    """An Agent prompt rewrite: only for a PreToolUse Agent call, the whole tool_input kept but for its prompt,
+    which names the pulled task and the claim tool."""
+    payload = json.loads(result.case.stdin(WORLD))
+    original, specific = payload["tool_input"], output["hookSpecificOutput"]
+    updated = specific["updatedInput"]
+    problems = []
+    if (payload["hook_event_name"], payload["tool_name"]) != ("PreToolUse", "Agent"):
+        problems.append("a rewrite of something other than an Agent call's PreToolUse")
+    if set(output) != {"hookSpecificOutput"} or specific.get("hookEventName") != "PreToolUse":
+        problems.append(f"a rewrite answer with the wrong fields: {sorted(output)}, {specific.get('hookEventName')}")
+    if {k: v for k, v in updated.items() if k != "prompt"} != {k: v for k, v in original.items() if k != "prompt"}:
+        problems.append("the rewrite changed tool_input beyond its prompt")
+    task_id = original["prompt"].split()[1]
+    if not isinstance(updated.get("prompt"), str) or f'task_id "{task_id}"' not in updated["prompt"] \
+            or CLAUDE_CLAIM not in updated["prompt"]:  # fmt: skip
+        problems.append("the rewritten prompt does not name the task id and the claim tool")
     return problems
 
 

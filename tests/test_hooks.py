@@ -303,6 +303,118 @@ def test_renewals_racing_a_completion_never_bring_the_claim_back(project):
     assert "status: done" in (project.tasks / "t1.md").read_text()
 
 
+# -- Agent prompts that pull a task ---------------------------------------------------------------------------------
+def agent_input(prompt: object, subagent_type: str = "hypervisor:worker") -> dict:
+    return {"description": "pull a task", "prompt": prompt, "subagent_type": subagent_type, "run_in_background": True}
+
+
+@pytest.mark.parametrize("prompt, subagent_type, task_id, extra", [
+    ("/hypervisor:pull t2", "hypervisor:worker", "t2", ""),
+    ("/pull t2", "hypervisor:worker", "t2", ""),
+    ("/hypervisor:pull t2", "general-purpose", "t2", ""),
+    ("  /hypervisor:pull\tt1   and run the tests first.\nThen stop.\n", "hypervisor:worker", "t1",
+     "and run the tests first.\nThen stop."),
+    ("/pull " + "a" * 128, "hypervisor:worker", "a" * 128, ""),
+], ids=["hypervisor-pull", "pull", "general-purpose", "more-text", "longest-id"])  # fmt: skip
+def test_an_agent_prompt_pulling_a_task_is_spelled_out_for_the_worker(project, prompt, subagent_type, task_id, extra):
+    original = agent_input(prompt, subagent_type)
+    output, err = project.hook(project.claude("PreToolUse", "Agent", original))
+    assert err == "" and set(output) == {"hookSpecificOutput"}, (output, err)
+    specific = output["hookSpecificOutput"]
+    assert specific["hookEventName"] == "PreToolUse" and specific["permissionDecision"] == "allow"
+    updated = specific["updatedInput"]
+    assert updated == {**original, "prompt": updated["prompt"]}, "the whole tool_input, only its prompt rewritten"
+    told = updated["prompt"]
+    assert told.startswith(f"Your task is {task_id} ")
+    assert f'{CLAUDE_MCP}claim_next_task with task_id "{task_id}"' in told
+    assert "never claim another" in told and "ToolSearch" in told
+    assert told.endswith("\n\n" + extra) if extra else told.endswith("first.")
+    assert project.hook(project.claude("PreToolUse", "Agent", updated)) == (None, ""), "a second pass changes nothing"
+    nested = project.claude("PreToolUse", "Agent", original, WORKER)
+    assert project.hook(nested)[0] == output, "a worker's own Agent call is spelled out the same way"
+
+
+@pytest.mark.parametrize("prompt, subagent_type", [
+    ("Do task t1.", "hypervisor:worker"), ("/pull t1", "general-purpose"), ("/pull t1", ""),
+    ("/hypervisor:pull", "hypervisor:worker"), ("/hypervisor:pull   ", "hypervisor:worker"),
+    ("/hypervisor:pullt1", "hypervisor:worker"), ("/hypervisor:pull ../../etc", "hypervisor:worker"),
+    ("/hypervisor:pull a/b", "hypervisor:worker"), ("/hypervisor:pull t1,", "hypervisor:worker"),
+    ("/hypervisor:pull " + "a" * 129, "hypervisor:worker"), ("/hypervisor:pull .hidden", "hypervisor:worker"),
+    ("please /hypervisor:pull t1", "hypervisor:worker"), ("/hypervisor:pulls t1", "hypervisor:worker"),
+    (["/hypervisor:pull t1"], "hypervisor:worker"), (None, "hypervisor:worker"),
+], ids=["plain", "pull-for-another-agent", "pull-no-type", "no-id", "blank-id", "glued", "dotdot", "slash",
+        "comma", "too-long", "dot-first", "mentioned", "other-command", "list", "null"])  # fmt: skip
+def test_agent_prompts_that_pull_no_valid_task_are_left_alone(project, prompt, subagent_type):
+    assert project.hook(project.claude("PreToolUse", "Agent", agent_input(prompt, subagent_type))) == (None, "")
+
+
+def test_the_real_hook_spells_out_a_pull_prompt_even_outside_a_hypervisor_project(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    payload = {"session_id": "s", "cwd": str(plain), "hook_event_name": "PreToolUse", "tool_name": "Agent",
+               "tool_input": agent_input("/hypervisor:pull p-2"), "tool_use_id": "toolu_1"}  # fmt: skip
+    result = subprocess.run(HOOK, input=json.dumps(payload), capture_output=True, text=True, timeout=60,
+                            env={**hook_env(), "CLAUDE_PROJECT_DIR": str(plain)}, cwd=plain)  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "" and result.stdout.count("\n") == 1, result
+    told = json.loads(result.stdout)["hookSpecificOutput"]["updatedInput"]["prompt"]
+    assert told.startswith("Your task is p-2 ") and not list(plain.iterdir())
+
+
+# -- a project that does not use hypervisor -------------------------------------------------------------------------
+def hook_env() -> dict:
+    """The environment of a real hook process, without any HYPERVISOR_* setting of the process running the tests."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HYPERVISOR_", "CLAUDE_", "GEMINI_"))}
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_in_a_project_without_hypervisor_the_hooks_say_and_make_nothing(tmp_path):
+    """No task root, no .hypervisor.yaml, no HYPERVISOR_TASKS: every payload of both CLIs, from the main session
+    and from a `hypervisor:worker`, gets exit 0, an empty stdout and stderr, and leaves the project as it was."""
+    plain = tmp_path / "plain"
+    (plain / "src").mkdir(parents=True)
+    (plain / "src" / "app.py").write_text("print('hi')\n")
+    target, claimed = str(plain / "src" / "app.py"), json.dumps({"id": "t1", "claim_token": "a" * 32})
+    mcp = {"mcp_server": {"name": "plugin:hypervisor:task_manager", "source": "plugin"}}
+    gemini_mcp = {"mcp_context": {"server_name": "task_manager", "tool_name": "claim_next_task"}}
+    claude = [
+        ("PreToolUse", "Write", {"file_path": target, "content": "x"}, {}),
+        ("PreToolUse", "Edit", {"file_path": target, "old_string": "hi", "new_string": "yo"}, {}),
+        ("PostToolUse", "Write", {"file_path": target, "content": "x"}, {"tool_response": {"type": "update"}}),
+        ("PostToolUse", "Bash", {"command": "ls"}, {"tool_response": {"stdout": ""}}),
+        ("PostToolUseFailure", "Bash", {"command": "false"}, {"error": "Exit code 1"}),
+        ("PostToolUse", CLAUDE_MCP + "claim_next_task", {"caller": "w1"}, {"tool_response": claimed, **mcp}),
+        ("PreToolUse", "Agent", agent_input("Do the work."), {}),
+        ("PostToolUse", "Agent", agent_input("Do the work."), {"tool_response": {"status": "completed"}}),
+    ]  # fmt: skip
+    gemini = [
+        ("BeforeTool", "write_file", {"file_path": "src/app.py", "content": "x"}, {}),
+        ("BeforeTool", "replace", {"file_path": "src/app.py", "instruction": "i", "old_string": "hi",
+                                   "new_string": "yo"}, {}),
+        ("AfterTool", "write_file", {"file_path": "src/app.py", "content": "x"},
+         {"tool_response": {"llmContent": "ok"}}),
+        ("AfterTool", "mcp_task_manager_claim_next_task", {"caller": "g"},
+         {"tool_response": {"llmContent": [{"text": claimed}]}, **gemini_mcp}),
+        ("AfterTool", "run_shell_command", {"command": "ls"}, {"tool_response": {"llmContent": "", "error": None}}),
+    ]  # fmt: skip
+    before = tree(plain)
+    answers = []
+    for host, events in (("claude", claude), ("gemini", gemini)):
+        env = {**hook_env(), "GEMINI_PROJECT_DIR" if host == "gemini" else "CLAUDE_PROJECT_DIR": str(plain)}
+        for who in ({}, WORKER):
+            for event, tool, tool_input, extra in events:
+                payload = {"session_id": "s1", "transcript_path": "/dev/null", "cwd": str(plain),
+                           "hook_event_name": event, "tool_name": tool, "tool_input": tool_input, **who, **extra}
+                result = subprocess.run(HOOK, input=json.dumps(payload), capture_output=True, text=True, env=env,
+                                        cwd=plain, timeout=60)  # fmt: skip
+                answers.append((host, event, tool, bool(who), result.returncode, result.stdout, result.stderr))
+    noisy = [answer for answer in answers if answer[4:] != (0, "", "")]
+    assert not noisy, noisy
+    assert len(answers) == 26 and tree(plain) == before, "the hooks created or changed files in the project"
+
+
 # -- the hook process ----------------------------------------------------------------------------------------------
 def test_the_real_hook_script_denies_in_the_form_both_clis_honour(project):
     env = {**os.environ, **project.env}
@@ -322,6 +434,10 @@ def test_unreadable_input_is_let_through_with_a_reason_on_stderr(project):
 
 
 BANNED = ("click", "jsonschema", "pydantic", "rich", "mcp", "yaml")
+LIGHT_CORE = {"hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker",
+              "hypervisor.lightjson", "hypervisor.workers", "hypervisor.claims", "hypervisor.config",
+              "hypervisor.rules", "hypervisor.errors", "hypervisor.fsutil", "hypervisor.timeutil",
+              "hypervisor.claimstore"}  # fmt: skip
 
 
 @pytest.mark.parametrize("flags", [["-S"], []], ids=["as-hooks.json-runs-it", "with-site-packages"])
@@ -350,9 +466,7 @@ def test_the_hook_modules_import_only_the_light_core(flags, project):
     loaded = sorted(m for m in modules if m.split(".")[0] in BANNED)
     assert not loaded, f"the hook imported {loaded}"
     ours = {m for m in modules if m.startswith("hypervisor.")}
-    assert ours <= {"hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker", "hypervisor.lightjson",
-                    "hypervisor.workers", "hypervisor.claims", "hypervisor.config", "hypervisor.rules",
-                    "hypervisor.errors", "hypervisor.fsutil", "hypervisor.timeutil", "hypervisor.claimstore"}, ours  # fmt: skip
+    assert ours <= LIGHT_CORE, ours
     assert workers.journal_summary(project.state, "t1", claimed["claim_token"])[1] == 2, "the calls did run"
 
 

@@ -1,7 +1,8 @@
 """The hook edge: read a CLI's tool-hook payload, run the gate (pre) or the tracker (post), answer both CLIs.
 
 Imports only the standard library and hypervisor's light core, and is started with `python -S`: a hook runs on
-every tool call, so its start-up time is the agent's time.
+every tool call, so its start-up time is the agent's time. In a project that does not use hypervisor (no task
+root, no .hypervisor.yaml, no HYPERVISOR_TASKS) it does nothing and says nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import gate, lightjson, tracker
+from . import gate, lightjson, rules, tracker, workers
 from .claims import state_dir
 from .claimstore import resolve_backend
 from .config import load_config, resolve_task_root
@@ -21,12 +22,60 @@ if TYPE_CHECKING:
     from typing import Mapping, TextIO
 
 
-def context_for(call: ToolCall, env: Mapping[str, str]) -> gate.HookContext:
-    """The project folder, task state folder and gate mode for a call: HYPERVISOR_TASKS > .hypervisor.yaml > ./tasks."""
+AGENT_TOOL = "Agent"
+PULL_COMMANDS = ("/hypervisor:pull", "/pull")  # `/pull` alone may be another plugin's: only for our worker
+
+
+def context_for(call: ToolCall, env: Mapping[str, str]) -> gate.HookContext | None:
+    """The project folder, task state folder and gate mode for a call: HYPERVISOR_TASKS > .hypervisor.yaml > ./tasks.
+
+    None where the project does not use hypervisor: no HYPERVISOR_TASKS, no .hypervisor.yaml, no task root."""
     project = env.get("GEMINI_PROJECT_DIR" if call.host == "gemini" else "CLAUDE_PROJECT_DIR") or call.cwd
     config = load_config(start=project)
-    state = state_dir(resolve_task_root(None, config, env, base=project))
-    return gate.HookContext(project, state, config.gate, resolve_backend(None, config.backend, env))
+    root = resolve_task_root(None, config, env, base=project)
+    if not env.get("HYPERVISOR_TASKS") and config.path is None and not os.path.isdir(root):
+        return None
+    return gate.HookContext(project, state_dir(root), config.gate, resolve_backend(None, config.backend, env))
+
+
+def pulled_task(tool_input: dict) -> tuple[str, str, str] | None:
+    """(command, task id, the text after it) of an Agent prompt starting `/hypervisor:pull <id>`, or None.
+
+    `/pull <id>` counts only for a `hypervisor:worker`; an id the task-id rule refuses leaves the prompt alone."""
+    prompt = tool_input.get("prompt")
+    if not isinstance(prompt, str):
+        return None
+    text = prompt.lstrip()
+    for command in PULL_COMMANDS:
+        if command == "/pull" and tool_input.get("subagent_type") != workers.WORKER_AGENT_TYPE:
+            continue
+        rest = text[len(command):]
+        if text.startswith(command) and rest[:1].isspace():
+            words = rest.split(None, 1)
+            if words and rules.is_task_id(words[0]):
+                return command, words[0], words[1].strip() if len(words) > 1 else ""
+    return None
+
+
+def pull_prompt(command: str, task_id: str, extra: str) -> str:
+    """What a worker started by `/hypervisor:pull <id>` reads instead: Agent prompts are not expanded as commands."""
+    claim = gate.CLAIM_TOOL["claude"]
+    text = (
+        f"Your task is {task_id} (the user asked for it with `{command} {task_id}`). Claim exactly that task: "
+        f'call {claim} with task_id "{task_id}", then work only on task {task_id} and never claim another. '
+        f'If that tool is not loaded yet, call ToolSearch with query "select:{claim}" first.'
+    )
+    return text + ("\n\n" + extra if extra else "")
+
+
+def agent_answer(call: ToolCall) -> dict | None:
+    """The Agent call's tool_input with a `/hypervisor:pull <id>` prompt spelled out, as a PreToolUse answer."""
+    pulled = pulled_task(call.tool_input)
+    if pulled is None:
+        return None
+    updated = {**call.tool_input, "prompt": pull_prompt(*pulled)}
+    return {"hookSpecificOutput": {"hookEventName": call.event, "permissionDecision": "allow",
+                                   "updatedInput": updated}}  # fmt: skip
 
 
 def answer(call: ToolCall, verdict: gate.Verdict) -> dict | None:
@@ -53,7 +102,14 @@ def run(stdin, stdout: TextIO, stderr: TextIO, env: Mapping[str, str]) -> int:
     """One hook invocation. Always exits 0: a deny is JSON on stdout; anything unreadable is let through."""
     try:
         call = parse(read_payload(stdin), env)
+        if call.phase == "pre" and call.host == "claude" and call.tool == AGENT_TOOL:
+            output = agent_answer(call)
+            if output is not None:
+                stdout.write(lightjson.dumps(output) + "\n")
+            return 0
         context = context_for(call, env)
+        if context is None:
+            return 0
         if call.phase == "pre":
             verdict = gate.check(call, env, context)
             if verdict.action == "warn":
