@@ -3,7 +3,8 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+sys.path.insert(0, SRC)
 
 # Note every module the import system compiles from source (its .pyc missing or stale; PYTHONDONTWRITEBYTECODE
 # then keeps Python from writing one), so the hook can write those .pyc files once it has answered.
@@ -21,7 +22,16 @@ try:
 except (ImportError, AttributeError):
     _external = None
 
-from hypervisor.hooks import main  # noqa: E402
+try:
+    from hypervisor.hooks import main
+except Exception as error:  # noqa: BLE001 - a damaged install: the hook's contract is still exit 0, the call allowed
+    why = " ".join(f"{type(error).__name__}: {error}".split())
+    sys.stderr.write(f"hypervisor hook: cannot load the hypervisor package from {SRC} ({why}); "
+                     "the call goes ahead unchecked\n")
+    compiled = []  # nothing worth caching from an install that does not import
+
+    def main():
+        return 0
 
 code = main()
 if compiled:

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import sys
 
+from . import rules
 from .errors import UsageError
 
 NAMED = ("triage", "claude", "gemini")
@@ -75,9 +76,9 @@ class ClaudeAgent(Agent):
         self.prompt = read_prompt(self.root, "worker.md")
 
     def argv(self, job: Job) -> list[str]:
-        return [self.exe, "-p", self.prompt + run_section(job, "mcp__plugin_hypervisor_task_manager__claim_next_task"),
-                "--output-format", "stream-json", "--verbose", "--plugin-dir", self.root,
-                "--permission-mode", "bypassPermissions"]  # fmt: skip
+        claim = rules.mcp_tool_name("claude", rules.MCP_CLAIM_TOOL)
+        return [self.exe, "-p", self.prompt + run_section(job, claim), "--output-format", "stream-json", "--verbose",
+                "--plugin-dir", self.root, "--permission-mode", "bypassPermissions"]  # fmt: skip
 
 
 class GeminiAgent(Agent):
@@ -97,7 +98,7 @@ class GeminiAgent(Agent):
 
     def argv(self, job: Job) -> list[str]:
         return [self.exe, "--skip-trust", "--yolo", "--output-format", "stream-json",
-                "-p", self.prompt + run_section(job, "mcp_task_manager_claim_next_task")]  # fmt: skip
+                "-p", self.prompt + run_section(job, rules.mcp_tool_name("gemini", rules.MCP_CLAIM_TOOL))]  # fmt: skip
 
     def env(self) -> dict[str, str]:
         # The workspace must be trusted when settings load, or the extension's hooks (the edit gate) are skipped.

@@ -13,10 +13,7 @@ TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are nev
 if TYPE_CHECKING:
     from typing import Mapping
 
-CLAIM_TOOL = {
-    "claude": "mcp__plugin_hypervisor_task_manager__claim_next_task",
-    "gemini": "mcp_task_manager_claim_next_task",
-}
+CLAIM_TOOL = {host: rules.mcp_tool_name(host, rules.MCP_CLAIM_TOOL) for host in rules.MCP_TOOL_PREFIX}
 
 
 class HookContext:

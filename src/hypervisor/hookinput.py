@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import lightjson
-
+from . import lightjson, rules
 from .errors import HookInputError
 from .workers import Worker
 
@@ -13,7 +12,7 @@ TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are nev
 if TYPE_CHECKING:
     from typing import Mapping
 
-MCP_SERVER = "task_manager"
+MCP_SERVER = rules.MCP_SERVER
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 PHASES = {"PreToolUse": "pre", "BeforeTool": "pre", "PostToolUse": "post", "PostToolUseFailure": "post",
@@ -157,7 +156,7 @@ def _mcp_name(payload: dict, tool_name: str, host: str) -> tuple[str | None, str
         if isinstance(context, dict) and isinstance(context.get("server_name"), str) \
                 and isinstance(context.get("tool_name"), str):  # fmt: skip
             return context["server_name"], context["tool_name"]
-        prefix = f"mcp_{MCP_SERVER}_"
+        prefix = rules.MCP_TOOL_PREFIX["gemini"]
         if tool_name.startswith(prefix) and len(tool_name) > len(prefix):
             return MCP_SERVER, tool_name[len(prefix):]
         return None, None

@@ -10,15 +10,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from . import __version__, workers
+from . import __version__, rules, workers
 from .errors import HypervisorError, NothingToClaim
 from .taskqueue import TaskQueue
 
-SERVER_NAME = "task_manager"
-TOOL_NAMES = (
-    "list_tasks", "get_task", "claim_next_task", "update_task",
-    "complete_task", "block_task", "release_task", "get_index_stats",
-)  # fmt: skip
+SERVER_NAME = rules.MCP_SERVER
+TOOL_NAMES = rules.MCP_TOOLS  # each a function below, named so (tests/test_mcp_server.py holds the two together)
 
 INSTRUCTIONS = (
     "A shared queue of markdown tasks worked by several agents at once. Claim a task before working on it "
@@ -26,7 +23,7 @@ INSTRUCTIONS = (
     "Never edit a task file by hand; never work on a task you have not claimed."
 )
 
-Status = Literal["inbox", "active", "in_progress", "blocked", "review", "done", "cancelled"]
+Status = Literal[rules.STATUSES]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
 TaskId = Annotated[str, Field(description="The task's id (its file name without .md, unless the file sets id:).")]
 Token = Annotated[
     str | None, Field(description="The claim_token that claim_next_task returned. Needed to change a claimed task.")

@@ -154,15 +154,10 @@ class RedisClaims:
 
     # -- the connection -------------------------------------------------------------------------------------
     def _connect(self) -> Callable[..., object]:
-        if self._light and not self.url.startswith("rediss://"):
+        if self._light:  # rediss:// too: the stdlib client speaks TLS through `ssl`
             return self._connect_light()
-        try:
-            import redis
-        except ImportError:  # a hook started with `python -S` and a TLS URL: needs redis-py after all
-            import site
+        import redis
 
-            site.main()
-            import redis
         try:
             client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
         except ValueError as error:
@@ -315,9 +310,18 @@ class RedisClaims:
                 return found
 
 
+# The TLS options of a rediss:// URL the stdlib client takes, under redis-py's names (its SSLConnection arguments,
+# which redis-py's URL parsing passes through), and how redis-py reads each value from the URL.
+_TLS_OPTIONS = {"ssl_cert_reqs": str, "ssl_ca_certs": str, "ssl_ca_path": str, "ssl_ca_data": str,
+                "ssl_certfile": str, "ssl_keyfile": str, "ssl_password": str, "ssl_ciphers": str,
+                "ssl_check_hostname": lambda value: value.upper() not in ("0", "F", "FALSE", "N", "NO"),
+                "ssl_min_version": int, "ssl_include_verify_flags": str, "ssl_exclude_verify_flags": str}  # fmt: skip
+
+
 def light_address(url: str) -> dict:
-    """The stdlib client's arguments for `redis://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N]`,
-    read without urllib (whose import costs a hook 4-10 ms)."""
+    """The stdlib client's arguments for `redis[s]://[[user]:password@]host[:port][/db]` or `unix:///path[?db=N]`,
+    read without urllib (whose import costs a hook 4-10 ms). A rediss:// URL adds `tls`: its TLS options
+    (`ssl_ca_certs=/path/ca.pem`, `ssl_cert_reqs=none`, ...), read as redis-py reads them."""
     scheme, _, rest = url.partition("://")
     rest, _, query = rest.partition("?")
     params = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
@@ -334,21 +338,52 @@ def light_address(url: str) -> dict:
             port = after[1:] or port
         elif ":" in hostpart:
             host, _, port = hostpart.partition(":")
-        return {"host": host or "127.0.0.1", "port": int(port), "db": int(path.strip("/") or params.get("db") or 0),
-                "username": _unquote(username) or None,
-                "password": _unquote(password) if userinfo and ":" in userinfo else None}  # fmt: skip
+        address = {"host": host or "127.0.0.1", "port": int(port),
+                   "db": int(path.strip("/") or params.get("db") or 0), "username": _unquote(username) or None,
+                   "password": _unquote(password) if userinfo and ":" in userinfo else None}  # fmt: skip
+        if scheme == "rediss":
+            address["tls"] = _tls_options(url, params)
+        return address
     except ValueError as error:
         raise BackendError(f"backend {_without_password(url)!r} is not a Redis URL: {error}") from None
 
 
+def _tls_options(url: str, params: dict[str, str]) -> dict:
+    """The TLS options among a rediss:// URL's query parameters; BackendError for an ssl_ option the stdlib client
+    cannot honour (the OCSP checks need third-party packages): a hook never quietly weakens what the URL asks."""
+    options = {}
+    for name, raw in params.items():
+        value = _unquote(raw.replace("+", " "))  # as urllib's parse_qs reads a query value
+        if not name.startswith("ssl_") or not value:
+            continue
+        read = _TLS_OPTIONS.get(name)
+        if read is None:
+            raise BackendError(f"backend {_without_password(url)!r}: {name} is not supported by the hooks' Redis "
+                               f"client; supported: {', '.join(_TLS_OPTIONS)}")  # fmt: skip
+        try:
+            options[name] = read(value)
+        except ValueError:
+            raise BackendError(f"backend {_without_password(url)!r}: {name}={value!r} is not allowed") from None
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in ("none", "optional", "required"):
+        raise BackendError(f"backend {_without_password(url)!r}: ssl_cert_reqs={reqs!r} is not allowed: use none, "
+                           "optional or required (the default)")  # fmt: skip
+    return options
+
+
 def _without_password(url: str) -> str:
-    """`url` with any password replaced by ***."""
-    scheme, sep, rest = url.partition("://")
+    """`url` with any password (of the user, or `password=`/`ssl_password=` in the query) replaced by ***."""
+    base, mark, query = url.partition("?")
+    if mark:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(key + eq + ("***" if key in ("password", "ssl_password") and value else value)
+                         for key, eq, value in pairs)  # fmt: skip
+    scheme, sep, rest = base.partition("://")
     userinfo, at, hostpart = rest.partition("@")
-    if not at or "/" in userinfo:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
+    if at and "/" not in userinfo:
+        user, colon, _ = userinfo.partition(":")
+        base = f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
+    return base + mark + query
 
 
 def _unquote(text: str) -> str:

@@ -20,11 +20,29 @@ DEFAULT_LEASE_SECONDS = 30 * 60
 DEAD_LETTER_REASON = "max_attempts"
 
 # The id rule as a regular expression (for the JSON Schema) and as the character sets `is_task_id` checks; the
-# hooks avoid importing `re`. A test holds the two to each other.
-TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# hooks avoid importing `re`. Tests hold the two to each other. The pattern ends in `(?![\s\S])`, "no character
+# follows", not `$`: Python's `re` (which jsonschema validates with) lets `$` match before a trailing newline, and
+# `\Z` is no anchor in ECMA-262, the dialect JSON Schema patterns are written in; the lookahead means the end of the
+# text in both.
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?![\s\S])"
 TASK_ID_MAX = 128
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ID_CHARS = _ID_FIRST | frozenset("._-")
+
+# The MCP surface, named once for the server, the hooks and the prompts: the server, its tools, the tools whose
+# success hands the caller a claim, and the prefix each host CLI puts before a tool's name.
+MCP_SERVER = "task_manager"
+MCP_CLAIM_TOOL = "claim_next_task"
+MCP_TOOLS = ("list_tasks", "get_task", MCP_CLAIM_TOOL, "update_task", "complete_task", "block_task", "release_task",
+             "get_index_stats")  # fmt: skip
+MCP_CLAIMING_TOOLS = frozenset({MCP_CLAIM_TOOL, "update_task"})  # update_task: status in_progress claims
+MCP_TOOL_PREFIX = {"claude": f"mcp__plugin_hypervisor_{MCP_SERVER}__", "gemini": f"mcp_{MCP_SERVER}_"}
+
+
+def mcp_tool_name(host: str, tool: str) -> str:
+    """What `host` (claude, gemini) calls one of the server's tools: mcp__plugin_hypervisor_task_manager__get_task."""
+    return MCP_TOOL_PREFIX[host] + tool
+
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "inbox": frozenset({"active", "in_progress", "blocked", "review", "done", "cancelled"}),
@@ -97,6 +115,7 @@ def scope_allows(path: str, scope: Iterable[str]) -> bool:
 
     As in .gitignore: `*`, `?` and `[...]` stay within one folder name; a `**` segment spans folders (a trailing
     `/**` needs at least one more name); a glob without wildcards names a file or a folder and everything below.
+    Within one name the glob reads as fnmatch reads it: `[!abc]` negates a class, `[^abc]` does not.
     """
     names = path.split("/")
     return any(_glob_allows(glob, names) for glob in scope)
@@ -125,48 +144,97 @@ def _match_segments(parts: list[str], names: list[str]) -> bool:
 
 
 def _match_name(pattern: str, name: str) -> bool:
-    """fnmatch for one folder or file name, case-sensitive: `*`, `?`, `[abc]`, `[a-z]`, `[!abc]`."""
+    """fnmatch.fnmatchcase for one folder or file name, without `re`: `*`, `?` and `[...]` exactly as fnmatch reads
+    them (`[!abc]` negates, `[^abc]` is a class of `^`, `a`, `b`, `c`; a `]` first in a class is a member; an
+    unclosed `[` is itself; a backwards range such as `[z-a]` is empty). tests/test_scope_classes.py holds the two
+    to each other."""
     if not any(char in pattern for char in "*?["):
         return pattern == name
-    return _match_from(pattern, 0, name, 0)
+    tokens = _tokens(pattern)
+    t = j = 0
+    star, mark = -1, 0  # the last `*` seen and where in `name` it starts to match: the one point to backtrack to
+    while j < len(name):
+        token = tokens[t] if t < len(tokens) else None
+        if token == "*":
+            star, mark = t, j
+            t += 1
+        elif token is not None and (token == "?" or token == name[j] or (type(token) is tuple
+                                                                         and _in_class(name[j], token))):  # fmt: skip
+            t += 1
+            j += 1
+        elif star >= 0:
+            mark += 1
+            t, j = star + 1, mark
+        else:
+            return False
+    while t < len(tokens) and tokens[t] == "*":
+        t += 1
+    return t == len(tokens)
 
 
-def _match_from(pattern: str, i: int, name: str, j: int) -> bool:
-    while i < len(pattern):
+def _tokens(pattern: str) -> list:
+    """`pattern` as matchers of one character each: "*" (any run), "?" (any), a class tuple, or a literal."""
+    tokens: list = []
+    i, n = 0, len(pattern)
+    while i < n:
         char = pattern[i]
-        if char == "*":
-            while i < len(pattern) and pattern[i] == "*":
-                i += 1
-            return i == len(pattern) or any(_match_from(pattern, i, name, k) for k in range(j, len(name) + 1))
-        if j == len(name):
-            return False
-        if char == "[" and pattern.find("]", i + 2) > 0:
-            end = pattern.find("]", i + 2)
-            body = pattern[i + 1:end]
-            negate = body[:1] in ("!", "^")
-            if _in_class(name[j], body[1:] if negate else body) == negate:
-                return False
-            i = end + 1
-        elif char != "?" and char != name[j]:
-            return False
-        else:
-            i += 1
+        if char == "[":
+            found = _read_class(pattern, i + 1)
+            if found is not None:
+                i, cls = found
+                tokens.append(cls)
+                continue
+        if char != "*" or not tokens or tokens[-1] != "*":
+            tokens.append(char)
+        i += 1
+    return tokens
+
+
+def _read_class(pattern: str, i: int) -> tuple[int, tuple] | None:
+    """(the index after the class, (negated, members, ranges)) of the class whose body starts at pattern[i], read
+    step for step as fnmatch.translate reads it; None where no `]` closes it (the `[` is then a literal)."""
+    n = len(pattern)
+    j = i
+    if j < n and pattern[j] == "!":
         j += 1
-    return j == len(name)
-
-
-def _in_class(char: str, body: str) -> bool:
-    index = 0
-    while index < len(body):
-        if index + 2 < len(body) and body[index + 1] == "-":
-            if body[index] <= char <= body[index + 2]:
-                return True
-            index += 3
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 1
+    if j >= n:
+        return None
+    if "-" not in pattern[i:j]:
+        chunks = [pattern[i:j]]
+    else:  # the pieces between range dashes; a dash first (after any `!`) or last is a member
+        chunks = []
+        start, k = i, i + 2 if pattern[i] == "!" else i + 1
+        while True:
+            k = pattern.find("-", k, j)
+            if k < 0:
+                break
+            chunks.append(pattern[start:k])
+            start, k = k + 1, k + 3
+        if start < j:
+            chunks.append(pattern[start:j])
         else:
-            if body[index] == char:
-                return True
-            index += 1
-    return False
+            chunks[-1] += "-"
+        for k in range(len(chunks) - 1, 0, -1):  # a backwards range matches nothing: fnmatch drops it
+            if chunks[k - 1][-1] > chunks[k][0]:
+                chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
+                del chunks[k]
+    negated = chunks[0][:1] == "!"
+    if negated:
+        chunks[0] = chunks[0][1:]
+    # Between two chunks stands a range from the last character of one to the first of the next.
+    ranges = tuple((chunks[k][-1], chunks[k + 1][0]) for k in range(len(chunks) - 1))
+    members = "".join(chunk[1 if k else 0 : len(chunk) - (k < len(chunks) - 1)] for k, chunk in enumerate(chunks))
+    return j + 1, (negated, members, ranges)
+
+
+def _in_class(char: str, cls: tuple) -> bool:
+    negated, members, ranges = cls
+    inside = char in members or any(low <= char <= high for low, high in ranges)
+    return inside != negated
 
 
 def queue_order(priority: int, created: str | None, task_id: str) -> tuple:

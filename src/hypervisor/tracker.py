@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import workers
+from . import rules, workers
 from .gate import HookContext, held_claim, relative
 from .hookinput import ToolCall
 
@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are nev
 if TYPE_CHECKING:
     from typing import Mapping
 
-CLAIMING_TOOLS = frozenset({"claim_next_task", "update_task"})
+CLAIMING_TOOLS = rules.MCP_CLAIMING_TOOLS
 
 
 def track(call: ToolCall, env: Mapping[str, str], context: HookContext) -> None:
