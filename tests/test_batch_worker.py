@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from hypervisor import taskfile
+from hypervisor.errors import HypervisorError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "batch_worker.py"
 STATS_KEYS = {"queue_total", "claimed", "stale", "completed", "errors", "dead_letter", "remaining"}
@@ -90,28 +95,53 @@ def iso(dt: datetime) -> str:
 
 
 def expire_lock(lock: Path) -> None:
-    """Make a left-over lock's lease run out, as if its holder had died long ago."""
+    """Make a left-over lock's lease run out, as if its holder had died long ago: the store claim it records (the
+    claim itself) and its owner.json copy of the lease."""
+    from hypervisor import claims
+
     owner_path = lock / "owner.json"
     owner = json.loads(owner_path.read_text())
+    state = claims.state_dir(owner["tasks"])
+    claim = claims.read_claim(state, owner["task_id"])
+    claim.lease_expires_at = time.time() - 3600
+    claims.write_claim(state, claim)
     owner["lease_expires_at"] = iso(datetime.now(timezone.utc) - timedelta(hours=1))
     owner_path.write_text(json.dumps(owner))
 
 
-def fake_lock(batch: Path, key: str, item: str, claimed_ago: timedelta, lease_left: timedelta, attempts=1) -> Path:
+def fake_lock(batch: Path, key: str, item: str, claimed_ago: timedelta, lease_left: timedelta) -> Path:
+    """A claim of `item`'s task in its store by a worker that died, as a batch worker records it in locks/."""
+    from hypervisor import claims
+    from hypervisor.store import TaskStore
+    from hypervisor.taskqueue import TaskQueue
+
+    target = dry_entry(batch, item)
+    taken = TaskQueue(TaskStore(target["tasks"])).claim_next("dead-worker", task_id=target["task_id"])
+    state = claims.state_dir(target["tasks"])
+    claim = claims.read_claim(state, target["task_id"])
+    claim.claimed_at = time.time() - claimed_ago.total_seconds()
+    claim.lease_expires_at = time.time() + lease_left.total_seconds()
+    claims.write_claim(state, claim)
     now = datetime.now(timezone.utc)
     lock = batch / "locks" / key
     lock.mkdir(parents=True)
     owner = {"pid": 999999, "host": "elsewhere", "caller": "dead-worker", "item": item, "key": key,
-             "token": "t0k3n", "claimed_at": iso(now - claimed_ago), "lease_expires_at": iso(now + lease_left),
-             "attempts": attempts}  # fmt: skip
+             "tasks": target["tasks"], "task_id": target["task_id"], "token": taken["claim_token"],
+             "claimed_at": iso(now - claimed_ago), "lease_expires_at": iso(now + lease_left),
+             "attempts": taken["attempts"]}  # fmt: skip
     (lock / "owner.json").write_text(json.dumps(owner))
     return lock
 
 
+def dry_entry(batch: Path, item: str) -> dict:
+    """The script's dry-run view of `item`: its lock key, task store and task id."""
+    report = run_json(batch, "--dry-run")
+    return next(entry for entry in report["items"] if entry["item"] == item)
+
+
 def key_of(batch: Path, item: str) -> str:
     """The lock key the script uses for `item`, read from its dry run (so the test does not re-implement it)."""
-    report = run_json(batch, "--dry-run")
-    return next(entry["key"] for entry in report["items"] if entry["item"] == item)
+    return dry_entry(batch, item)["key"]
 
 
 def snapshot(root: Path) -> dict:
@@ -236,13 +266,15 @@ def test_crash_after_lock_is_taken_over_after_expiry(tmp_path: Path) -> None:
 def test_crash_before_the_result_is_committed_is_redone(tmp_path: Path, point: str) -> None:
     batch = tmp_path / "batch"
     path = task(batch / "t" / "one.md", "title: Rename one\nproject: p", "Body.\n")
-    before = path.read_text()
     write_queue(batch, "t/one.md")
     crashed = run(batch, "--batch", "5", env={"HYPERVISOR_FAULT": point})
     assert crashed.returncode == -9
     record = results(batch)["t/one.md"]
     assert record["committed"] is False  # a result was written first, but it does not count as done yet
-    assert (path.read_text() == before) is (point == "batch-result-written")
+    text = path.read_text()
+    fields = yaml.safe_load(text.split("---\n")[1])
+    assert (fields["status"], fields["attempts"]) == ("in_progress", 1)  # the claim is the store's, in the task
+    assert (text.endswith("---\nBody.\n") and "triage" not in fields) is (point == "batch-result-written")
     s = stats(batch)
     assert (s["completed"], s["remaining"], s["claimed"]) == (0, 1, 1)
 
@@ -348,7 +380,46 @@ def test_crashed_claims_count_toward_dead_letter(tmp_path: Path) -> None:
     report = run_json(batch, "--max-attempts", "2")
     assert [(o["status"], o["attempts"]) for o in report["items"]] == [("dead_letter", 2)]
     assert "lease expired" in results(batch)["t/one.md"]["error"]
-    assert "assignee" not in (batch / "t" / "one.md").read_text()
+    fields = yaml.safe_load((batch / "t" / "one.md").read_text().split("---\n")[1])
+    assert (fields["status"], fields["blocked_reason"], fields["attempts"]) == ("blocked", "max_attempts", 2)
+    assert "triage" not in fields and fields["assignee"] != "agent"  # the store's dead letter; never triaged
+
+
+def test_an_error_under_the_claim_releases_it_counting_the_attempt(tmp_path: Path, monkeypatch) -> None:
+    """An error once the task is claimed goes back through the store: released with the attempt counted, and the
+    --max-attempts'th error is the store's dead letter (blocked, reason max_attempts)."""
+    from hypervisor import seedbatch
+    from hypervisor.config import Config
+    from hypervisor.seedqueue import BatchFolder
+
+    batch = tmp_path / "batch"
+    path = task(batch / "t" / "one.md", "title: Rename one\nproject: p")
+    write_queue(batch, "t/one.md")
+
+    def broken_triage(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(seedbatch, "triage_edit", broken_triage)
+
+    def run_once() -> dict:
+        folder = BatchFolder(str(batch))
+        folder.ensure_dirs()
+        worker = seedbatch.SeedBatch(folder, Config(), str(batch / "tasks"), caller="w1", max_attempts=2)
+        return worker.run(folder.read_queue(), 5)
+
+    [first] = run_once()["items"]
+    assert (first["status"], first["attempts"]) == ("error", 1) and "No space left" in first["error"]
+    fields = yaml.safe_load(path.read_text().split("---\n")[1])
+    assert (fields["status"], fields["attempts"], fields.get("assignee")) == ("inbox", 1, None)  # released
+    assert lock_dirs(batch) == [] and set(results(batch)) == set()
+    [second] = run_once()["items"]
+    assert (second["status"], second["attempts"]) == ("dead_letter", 2)
+    fields = yaml.safe_load(path.read_text().split("---\n")[1])
+    assert (fields["status"], fields["blocked_reason"], fields["attempts"]) == ("blocked", "max_attempts", 2)
+    events = [json.loads(line)["event"] for line in (batch / "t" / ".hypervisor" / "events.jsonl").open()]
+    assert events == ["claimed", "released", "claimed", "dead_letter"]
+    assert results(batch)["t/one.md"]["status"] == "dead_letter" and error_records(batch)["t/one.md"]["attempts"] == 2
+    assert run_once()["items"] == []  # never retried
 
 
 def test_eight_workers_process_each_of_200_items_exactly_once(tmp_path: Path) -> None:
@@ -513,3 +584,54 @@ def test_script_finds_the_package_from_its_own_location(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["queue_total"] == 1
+
+
+def test_same_effect_on_a_store_as_hypervisor_triage(tmp_path: Path) -> None:
+    """batch_worker.py and `hypervisor triage` on two copies of examples/tasks leave the same task files and events."""
+    from conftest import REPO, run_cli
+
+    by_cli, batch = tmp_path / "cli" / "tasks", tmp_path / "batch"
+    by_batch = batch / "tasks"
+    for root in (by_cli, by_batch):
+        shutil.copytree(REPO / "examples" / "tasks", root)
+    files = sorted(str(p.relative_to(by_batch)) for p in by_batch.rglob("*.md"))
+    write_queue(batch, *(f"tasks/{name}" for name in files))
+    run_cli("triage", "--tasks", str(by_cli), check=0)
+    report = run_json(batch, "--batch", "100", "--caller", "batch-w1", "--tasks", str(by_batch))
+    assert report["counts"]["ok"] == 26 and report["counts"]["closed"] == 10  # 2 by Close Reason, 8 done already
+
+    def normalised(root: Path, worker: str) -> dict[str, str]:
+        texts = {}
+        for name in files:
+            text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<time>", (root / name).read_text())
+            text = text.replace(f" · {worker} · ", " · <worker> · ")
+            texts[name] = re.sub(r" · took [^\n]*", " · took <d>", text)
+        return texts
+
+    def fields(root: Path) -> dict[str, tuple]:
+        out = {}
+        for name in files:
+            try:
+                doc = taskfile.read_doc(str(root / name))
+            except HypervisorError:
+                continue  # examples/tasks/malformed: neither front touches it (the texts are compared below)
+            data = doc.data
+            out[name] = (data.get("status"), data.get("assignee"), data.get("project"), "completed" in data,
+                         data.get("attempts"), "## Worker log" in doc.body)  # fmt: skip
+        return out
+
+    def event_kinds(root: Path) -> dict[str, list]:
+        kinds: dict[str, list] = {}
+        for line in (root / ".hypervisor" / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            kinds.setdefault(event["task"], []).append((event["event"], event.get("attempts")))
+        return kinds
+
+    cli_fields, batch_fields = fields(by_cli), fields(by_batch)
+    assert batch_fields == cli_fields
+    statuses = [f[0] for f in cli_fields.values()]
+    assert statuses.count("active") == 26 and sum(f[3] and f[5] for f in cli_fields.values()) == 2  # not vacuous
+    assert normalised(by_batch, "batch-w1") == normalised(by_cli, "triage")
+    assert event_kinds(by_batch) == event_kinds(by_cli)
+    assert sorted({kind for kinds in event_kinds(by_cli).values() for kind, _ in kinds}) == [
+        "claimed", "completed", "released"]  # fmt: skip

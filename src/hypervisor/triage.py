@@ -162,24 +162,59 @@ def triage_queue(queue, rules: TriageRules, caller: str = "triage", ids=None, pr
     return {"tasks": results, "counts": counts}
 
 
+def triage_doc(view: dict, doc: TaskDoc, rules: TriageRules, attempts: int | None = None) -> tuple[Verdict, list[str]]:
+    """Decide `view` (the task as it stood before any claim) and write the verdict into `doc`, in memory.
+
+    An open task gets its kind and project link (its assignee is set when the claim is released); a closed one gets
+    back the assignee it had before the claim, and `attempts` if given: triage's claims are bookkeeping. Returns
+    (verdict, changes), the changes named against the task before the claim."""
+    verdict = decide(view, doc, rules)
+    if verdict.closed:
+        if view["status"] in FINISHED_STATUSES:
+            return verdict, []
+        if view["assignee"] is None:
+            doc.remove("assignee")
+        else:
+            doc.set("assignee", view["assignee"])
+        if attempts is not None:
+            doc.set("attempts", attempts)
+        return verdict, ["status=done"]
+    changes = apply(verdict, view, doc)
+    if view["assignee"] != verdict.assignee:
+        changes.insert(0, f"assignee={verdict.assignee}")
+    return verdict, changes
+
+
 def triage_claimed(queue, rules: TriageRules, claim: dict) -> dict:
     """Triage a task this caller has claimed, then complete it (closed) or release it as active with its assignee."""
-    task_id, token = claim["id"], claim["claim_token"]
+    verdict, changes = triage_edit(queue, rules, claim["id"], claim["claim_token"])
+    return triage_settle(queue, claim["id"], claim["claim_token"], verdict, changes)
+
+
+def triage_edit(queue, rules: TriageRules, task_id: str, token: str, on_verdict=None) -> tuple[Verdict, list[str]]:
+    """Write the verdict into a claimed task's file (see `triage_doc`); (verdict, changes).
+
+    `on_verdict(verdict, changes)` runs under the task's lock before the file is written (the batch front records
+    its result there)."""
     outcome: dict = {}
 
     def change(summary: dict, doc: TaskDoc, held) -> None:
         view = dict(summary, status=held.status_before, assignee=held.assignee_before)
-        verdict = decide(view, doc, rules)
-        outcome["verdict"] = verdict
-        if not verdict.closed:
-            outcome["changes"] = apply(verdict, view, doc)
+        outcome["verdict"], outcome["changes"] = triage_doc(view, doc, rules, attempts=held.attempts - 1)
+        if on_verdict is not None:
+            on_verdict(outcome["verdict"], outcome["changes"])
 
     queue.edit(task_id, change, token=token)
-    verdict = outcome["verdict"]
+    return outcome["verdict"], outcome["changes"]
+
+
+def triage_settle(queue, task_id: str, token: str, verdict: Verdict, changes: list[str]) -> dict:
+    """End triage's claim: complete a closed task (worker log, `completed`), release an open one as active with
+    its assignee, without counting an attempt."""
     if verdict.closed:
         queue.complete(task_id, token=token, summary=f"closed by triage: {verdict.close_reason}")
         return {"id": task_id, "action": "closed", "detail": verdict.close_reason}
-    detail = ", ".join([f"assignee={verdict.assignee}", *outcome["changes"]])
+    detail = ", ".join([f"assignee={verdict.assignee}", *(c for c in changes if not c.startswith("assignee="))])
     queue.release(task_id, token=token, reason=f"triaged: {detail}", status="active", assignee=verdict.assignee,
                   count_attempt=False)  # fmt: skip
     return {"id": task_id, "action": "triaged", "detail": detail}
