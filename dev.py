@@ -66,9 +66,13 @@ def demo() -> None:
     tasks = os.path.join(work, "tasks")
     shutil.copytree(os.path.join(ROOT, "examples", "tasks"), tasks)
     say(f"examples/tasks copied to {tasks}; running `hypervisor run` with the built-in triage agent")
-    code = subprocess.run([os.path.join(BIN, "hypervisor"), "run", "--tasks", tasks, "--workers", "4"], cwd=work).returncode
+    code = subprocess.run(
+        [os.path.join(BIN, "hypervisor"), "run", "--tasks", tasks, "--workers", "4"], cwd=work
+    ).returncode
     run(os.path.join(BIN, "hypervisor"), "stats", "--by-project", "--tasks", tasks)
-    say(f"done (run exit {code}): triaged tasks in {tasks}; `.venv/bin/hypervisor status --tasks {tasks}` shows the run")
+    say(
+        f"done (run exit {code}): triaged tasks in {tasks}; `.venv/bin/hypervisor status --tasks {tasks}` shows the run"
+    )
     sys.exit(code)
 
 
@@ -80,8 +84,10 @@ def ensure_redis_server() -> None:
         return
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        say("redis-server is missing and cannot be installed from here (needs root and apt-get): install it "
-            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), or the Redis tests fail")
+        say(
+            "redis-server is missing and cannot be installed from here (needs root and apt-get): install it "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), or the Redis tests fail"
+        )
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     command = [apt, "install", "-y", "--no-install-recommends", "redis-server"]

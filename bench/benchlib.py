@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server")
 

@@ -91,7 +91,7 @@ def hv_worker(root: str, spec: str, name: str, ready, go, budget: float, results
             pass
         results.put({"name": name, "ids": ids, "times": times, "end": time.monotonic(), "timed_out": timed_out,
                      "error": None})  # fmt: skip
-    except Exception as error:  # reported, not raised: the parent must not hang waiting for this worker
+    except Exception as error:  # noqa: BLE001 - reported, not raised: the parent must not hang waiting for this worker
         ready.put(name)
         results.put({"name": name, "ids": [], "times": [], "end": time.monotonic(), "timed_out": False,
                      "error": repr(error)})  # fmt: skip
@@ -144,7 +144,7 @@ def seed_worker(queue_file: str, locks_dir: str, results_dir: str, name: str, re
                 break
         results.put({"name": name, "ids": processed, "times": times, "end": time.monotonic(), "timed_out": timed_out,
                      "error": None})  # fmt: skip
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - reported, not raised: the parent must not hang waiting
         ready.put(name)
         results.put({"name": name, "ids": [], "times": [], "end": time.monotonic(), "timed_out": False,
                      "error": repr(error)})  # fmt: skip
@@ -198,7 +198,7 @@ def _collect(channel, workers, timeout: float) -> list:
             if dead or time.monotonic() > limit:
                 for worker in workers:
                     worker.terminate()
-                raise RuntimeError(f"worker(s) died or hung: exit codes {[w.exitcode for w in workers]}")
+                raise RuntimeError(f"worker(s) died or hung: exit codes {[w.exitcode for w in workers]}") from None
     return got
 
 
@@ -525,25 +525,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=2000, metavar="N", help="tasks in the store (default 2000)")
     parser.add_argument("--procs", default="1,4,16", help="process counts, comma-separated (default 1,4,16)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="hypervisor runs per process count and backend; the median is shown (default 1)")
-    parser.add_argument("--seed-repeat", type=int, default=3,
-                        help="seed-loop runs per process count (cheap, I/O-noisy); the median is shown (default 3)")
-    parser.add_argument("--no-redis", dest="redis", action="store_false",
-                        help="leave out the Redis backend (by default a private redis-server is started for it)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="hypervisor runs per process count and backend; the median is shown (default 1)",
+    )
+    parser.add_argument(
+        "--seed-repeat",
+        type=int,
+        default=3,
+        help="seed-loop runs per process count (cheap, I/O-noisy); the median is shown (default 3)",
+    )
+    parser.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="leave out the Redis backend (by default a private redis-server is started for it)",
+    )
     parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), default="fork")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                        help="stop a measurement's workers after S seconds and report it as partial (default 300)")
-    parser.add_argument("--no-index", dest="index", action="store_false",
-                        help="do not prebuild .hypervisor/index.json before the clock starts")
-    parser.add_argument("--profile", action="store_true",
-                        help="also cProfile a single-process drain per backend (adds about the 1-process times)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="stop a measurement's workers after S seconds and report it as partial (default 300)",
+    )
+    parser.add_argument(
+        "--no-index",
+        dest="index",
+        action="store_false",
+        help="do not prebuild .hypervisor/index.json before the clock starts",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile a single-process drain per backend (adds about the 1-process times)",
+    )
     parser.add_argument("--workdir", help="folder for the generated stores (default: a new temp dir, removed after)")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     ARGS = parser.parse_args()  # fmt: skip
     workdir = tempfile.mkdtemp(prefix="hypervisor-bench-claims-", dir=ARGS.workdir)
     try:
-        with private_redis(os.path.join(workdir, "redis"), "claims") if ARGS.redis else contextlib.nullcontext() as server:
+        with (
+            private_redis(os.path.join(workdir, "redis"), "claims")
+            if ARGS.redis
+            else contextlib.nullcontext() as server
+        ):
             HELPER_PIDS = (server.pid,) if server else ()
             report = run_benchmark(workdir, server)
         emit(table(report), report, ARGS.json)

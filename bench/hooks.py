@@ -172,8 +172,15 @@ def claim_and_bind(project: str, root: str, env: dict, plugin: Plugin) -> dict:
         raise RuntimeError(f"claim failed ({proc.returncode}): {proc.stderr}")
     claim = json.loads(proc.stdout)
     response = json.dumps({k: claim[k] for k in ("id", "title", "status", "claim_token", "lease_expires_at")})
-    stdin = payload("PostToolUse", WORKER, project, tool_name=CLAIM_TOOL, tool_input={},
-                    tool_response=response, mcp_server={"name": "plugin:hypervisor:task_manager", "source": "plugin"})
+    stdin = payload(
+        "PostToolUse",
+        WORKER,
+        project,
+        tool_name=CLAIM_TOOL,
+        tool_input={},
+        tool_response=response,
+        mcp_server={"name": "plugin:hypervisor:task_manager", "source": "plugin"},
+    )
     bind = subprocess.run(plugin.hook, input=stdin, cwd=project, env=env, capture_output=True)
     workers = os.path.join(root, ".hypervisor", "workers")
     if bind.returncode != 0 or bind.stdout or bind.stderr or not os.listdir(workers):
@@ -228,8 +235,9 @@ def timed(variant: str, cmd: Command) -> float:
     else:
         ok = not proc.stdout
     if proc.returncode != 0 or proc.stderr or not ok:
-        raise RuntimeError(f"{variant}: exit {proc.returncode}, stdout {proc.stdout[:300]!r}, "
-                           f"stderr {proc.stderr[:300]!r}")
+        raise RuntimeError(
+            f"{variant}: exit {proc.returncode}, stdout {proc.stdout[:300]!r}, stderr {proc.stderr[:300]!r}"
+        )
     return seconds
 
 
@@ -298,7 +306,7 @@ def table(report: dict) -> str:
             f"{row['ratio_bare_S']:>8.2f}x" + (f"   {row['ratio_twin']:>6.2f}x" if "ratio_twin" in row else "")
         )
     lines.append("")
-    for label, suffix in ((("", ""), (", DONTWRITE", "_dontwrite")) + (((", redis", "_redis"),) if redis else ())):
+    for label, suffix in (("", ""), (", DONTWRITE", "_dontwrite")) + (((", redis", "_redis"),) if redis else ()):
         target = report["target" + suffix]
         lines.append(
             f"target{label}: allowed and denied within {TARGET_RATIO:g}x of bare `python3 -c pass` (medians): allowed "
@@ -357,7 +365,7 @@ def measure(args: argparse.Namespace, workdir: str, env: dict, server: RedisServ
     for run in range(args.runs):
         if run % 10 == 0:
             print(f"[hooks] run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
-        order = names[run % len(names):] + names[:run % len(names)]  # rotate who goes first
+        order = names[run % len(names) :] + names[: run % len(names)]  # rotate who goes first
         for name in order:
             samples[name].append(timed(name, cmds[name]))
     foreign = load.stop()
@@ -372,8 +380,11 @@ def measure(args: argparse.Namespace, workdir: str, env: dict, server: RedisServ
         "executable": sys.executable,
         "hook_argv": plugins["plain"].hook,
         "backends": list(specs),
-        "redis": ({"version": server.version, "url": server.url, "namespace": namespace,
-                   "server_cpu": load.helper_cpu} if server else None),  # fmt: skip
+        "redis": (
+            {"version": server.version, "url": server.url, "namespace": namespace, "server_cpu": load.helper_cpu}
+            if server
+            else None
+        ),  # fmt: skip
         "foreign_cpu": foreign,
         "variants": variants,
         "target": target(variants, ""),
@@ -403,8 +414,11 @@ def compare(before: dict[str, dict], after: dict[str, dict], runs: int, stores: 
               for backend in before}  # fmt: skip
     if "redis" in checks:
         on_server = before["redis"]["lease"] > 0 and not os.path.exists(claim_path(stores["redis"].root))
-        checks["redis"].update(lease_pttl_before_ms=before["redis"]["lease"],
-                               lease_pttl_after_ms=after["redis"]["lease"], claim_only_on_server=on_server)
+        checks["redis"].update(
+            lease_pttl_before_ms=before["redis"]["lease"],
+            lease_pttl_after_ms=after["redis"]["lease"],
+            claim_only_on_server=on_server,
+        )
     return checks
 
 
@@ -451,11 +465,16 @@ def failed_checks(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=10000, metavar="N",
-                        help="tasks in each backend's store (default 10000)")
+    parser.add_argument(
+        "--tasks", type=int, default=10000, metavar="N", help="tasks in each backend's store (default 10000)"
+    )
     parser.add_argument("--runs", type=int, default=40, metavar="N", help="timed runs per variant (default 40)")
-    parser.add_argument("--no-redis", dest="redis", action="store_false",
-                        help="leave out the Redis rows (by default a private redis-server is started for them)")
+    parser.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="leave out the Redis rows (by default a private redis-server is started for them)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args()  # fmt: skip
     began = time.monotonic()

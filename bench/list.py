@@ -232,7 +232,9 @@ def profile(size: int, workdir: str, runs: int = 5) -> dict:
         rows.append({"function": f"{os.path.basename(filename)}:{line}({func})", "ncalls": ncalls,
                      "tottime_ms": tottime * 1000, "cumtime_ms": cumtime * 1000})  # fmt: skip
     by_cum = sorted(rows, key=lambda r: r["cumtime_ms"], reverse=True)
-    interesting = [r for r in by_cum if not r["function"].startswith(("<frozen", "~:0", "<built-in method builtins.exec"))]
+    interesting = [
+        r for r in by_cum if not r["function"].startswith(("<frozen", "~:0", "<built-in method builtins.exec"))
+    ]
     return {
         "size": size,
         "imports_total_ms_median": imports_total_ms,
@@ -253,8 +255,9 @@ def table(report: dict) -> str:
     lines = [
         f"list benchmark: `hypervisor list --status active --json` vs a bare os.scandir+stat walk "
         f"({report['cpus']} CPUs, median of {report['reps']} interleaved reps, times in ms)",
-        f"src sha256 {report['src_sha256']}" + ("  WARNING: src/ changed during the run" if report["src_changed_during_run"]
-                                                else "") + f"; total runtime {report['total_runtime_s']:.0f} s; "
+        f"src sha256 {report['src_sha256']}"
+        + ("  WARNING: src/ changed during the run" if report["src_changed_during_run"] else "")
+        + f"; total runtime {report['total_runtime_s']:.0f} s; "
         f"load average (1 min) at start {report['loadavg_1m_at_start']:.1f}, at end {report['loadavg_1m_at_end']:.1f}",
         f"subprocess bytecode: {report['subprocess_bytecode']}",
         "",
@@ -291,9 +294,13 @@ def table(report: dict) -> str:
             f"(subprocess): {target['ratio_sub']:.2f}x -> {verdict} (in-process: {target['ratio_inproc']:.2f}x)"
         )
     lines.append("'hv cold' is the first run with no .hypervisor/ (every file parsed); the OS page cache is warm.")
-    lines.append("'hv startup' is `hypervisor --version` (interpreter + imports, no task work). 'other cpu' (cold/warm):")
-    lines.append(f"CPU-seconds per second used by other processes meanwhile ({report['cpus']} CPUs); above ~0.5 the "
-                 "figures are disturbed.")
+    lines.append(
+        "'hv startup' is `hypervisor --version` (interpreter + imports, no task work). 'other cpu' (cold/warm):"
+    )
+    lines.append(
+        f"CPU-seconds per second used by other processes meanwhile ({report['cpus']} CPUs); above ~0.5 the "
+        "figures are disturbed."
+    )
     if report.get("profile"):
         p = report["profile"]
         lines += ["", f"profile of warm `hypervisor list` at {p['size']} tasks",
@@ -330,9 +337,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="warm repetitions per size; medians are shown (default 5)")
     parser.add_argument("--profile", type=int, nargs="?", const=TARGET_SIZE, default=None, metavar="SIZE",
                         help=f"also profile warm `hypervisor list` at SIZE tasks (default {TARGET_SIZE})")  # fmt: skip
-    parser.add_argument("--no-pyc-cache", dest="pyc_cache", action="store_false",
-                        help="run the subprocesses with this environment as is (default: enable bytecode caching, "
-                        f"with PYTHONPYCACHEPREFIX={PYCACHE}, even if PYTHONDONTWRITEBYTECODE is set)")
+    parser.add_argument(
+        "--no-pyc-cache",
+        dest="pyc_cache",
+        action="store_false",
+        help="run the subprocesses with this environment as is (default: enable bytecode caching, "
+        f"with PYTHONPYCACHEPREFIX={PYCACHE}, even if PYTHONDONTWRITEBYTECODE is set)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args()  # fmt: skip
     if args.pyc_cache:
@@ -354,8 +365,9 @@ def main() -> None:
             "python": sys.version.split()[0],
             "src_sha256": fingerprint,
             "loadavg_1m_at_start": load_at_start,
-            "subprocess_bytecode": "cached under " + PYCACHE if args.pyc_cache else (
-                "not written (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "default"),
+            "subprocess_bytecode": "cached under " + PYCACHE
+            if args.pyc_cache
+            else ("not written (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "default"),
             "sizes": rows,
             "target": {
                 "size": TARGET_SIZE,

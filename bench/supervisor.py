@@ -39,7 +39,7 @@ TARGET_MS = 100.0
 MODES = ("supervisor", "baseline")
 
 # The worker. Stamping comes first (`time` is built in: no import search); paths are filled in by worker_script().
-WORKER = '''import time
+WORKER = """import time
 first = time.time_ns()
 import os, sys
 sys.path[:0] = [{src!r}, {site!r}]
@@ -50,7 +50,7 @@ TaskQueue(TaskStore(env["HYPERVISOR_TASKS"])).complete(env["HYPERVISOR_TASK_ID"]
                                                        summary="bench")
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 os.write(fd, ("%d %d %s\\n" % (first, time.time_ns(), env["HYPERVISOR_TASK_ID"])).encode())
-'''
+"""
 
 
 def worker_script(workdir: str) -> str:
@@ -183,8 +183,14 @@ def profile_rows(path: str, count: int, limit: int = 24) -> list[dict]:
         if func in ("<module>", "main", "invoke", "run", "__call__") and "/supervisor.py" not in where:
             continue
         label = func if builtin else f"{os.path.basename(filename)}:{line}({func})"
-        rows.append({"function": label, "ncalls": ncalls,
-                     "cum_ms_per_task": cumtime * 1000 / count, "self_ms_per_task": tottime * 1000 / count})
+        rows.append(
+            {
+                "function": label,
+                "ncalls": ncalls,
+                "cum_ms_per_task": cumtime * 1000 / count,
+                "self_ms_per_task": tottime * 1000 / count,
+            }
+        )
     rows.sort(key=lambda r: r["cum_ms_per_task"], reverse=True)
     return rows[:limit]
 
@@ -248,14 +254,23 @@ def table(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=101, metavar="N",
-                        help="ready tasks per round, giving N-1 gaps (default 101)")
+    parser.add_argument(
+        "--tasks", type=int, default=101, metavar="N", help="ready tasks per round, giving N-1 gaps (default 101)"
+    )
     parser.add_argument("--rounds", type=int, default=3, metavar="R", help="rounds per mode, interleaved (default 3)")
-    parser.add_argument("--extra", type=int, default=0, metavar="M",
-                        help="done tasks in the store besides the batch: what a bigger store costs (default 0)")
+    parser.add_argument(
+        "--extra",
+        type=int,
+        default=0,
+        metavar="M",
+        help="done tasks in the store besides the batch: what a bigger store costs (default 0)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 11 tasks, 1 round (overrides the above)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also run one supervisor round under cProfile and show where its time goes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run one supervisor round under cProfile and show where its time goes",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args()  # fmt: skip
     if args.quick:
@@ -281,7 +296,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {mode: [] for mode in MODES}
         load = ForeignLoad()
         for r in range(args.rounds):
-            for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 results[mode].append(one_round(mode, workdir, script, env, args.tasks, args.extra))
                 say(f"round {r + 1}/{args.rounds} {mode}: median gap {ms(results[mode][-1]['median_gap_s'])} ms")
         foreign = load.stop()

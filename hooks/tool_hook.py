@@ -26,12 +26,14 @@ try:
     from hypervisor.hooks import main
 except Exception as error:  # noqa: BLE001 - a damaged install: the hook's contract is still exit 0, the call allowed
     why = " ".join(f"{type(error).__name__}: {error}".split())
-    sys.stderr.write(f"hypervisor hook: cannot load the hypervisor package from {SRC} ({why}); "
-                     "the call goes ahead unchecked\n")
+    sys.stderr.write(
+        f"hypervisor hook: cannot load the hypervisor package from {SRC} ({why}); the call goes ahead unchecked\n"
+    )
     compiled = []  # nothing worth caching from an install that does not import
 
     def main():
         return 0
+
 
 code = main()
 if compiled:

@@ -154,7 +154,7 @@ def run_section(job: Job, claim_tool: str) -> str:
         f"Worker name: {job.worker}\n"
         f"Attempt: {job.attempt} of {job.max_attempts}\n\n"
         f"The hypervisor supervisor has already claimed task {job.task_id} for you. Call `{claim_tool}` with "
-        f"`caller` \"{job.worker}\" and `task_id` \"{job.task_id}\": it hands you that claim and its claim_token. "
+        f'`caller` "{job.worker}" and `task_id` "{job.task_id}": it hands you that claim and its claim_token. '
         "Work only on this task, then complete or block it.\n"
     )
 
@@ -258,8 +258,12 @@ def gemini_extension_root() -> str:
     kind, source = meta.get("type"), meta.get("source")
     extension = os.path.abspath(source) if kind == "link" and isinstance(source, str) else installed
     root = os.path.dirname(extension)
-    needed = [os.path.join(extension, "gemini-extension.json"), os.path.join(root, "hooks", "tool_hook.py"),
-              os.path.join(root, "scripts", "launch.py"), os.path.join(root, "prompts", "gemini-task-worker.md")]
+    needed = [
+        os.path.join(extension, "gemini-extension.json"),
+        os.path.join(root, "hooks", "tool_hook.py"),
+        os.path.join(root, "scripts", "launch.py"),
+        os.path.join(root, "prompts", "gemini-task-worker.md"),
+    ]
     missing = [path for path in needed if not os.path.isfile(path)]
     if not missing:
         return root

@@ -7,7 +7,7 @@ import sys
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Iterable
+    from collections.abc import Iterable
 
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # PEP 552 flags: hash-based (bit 0) and checked against the source on every import (bit 1).
@@ -108,8 +108,10 @@ def _compile(source: str, cfile: str) -> str | None:
 def main() -> int:
     """`python -m hypervisor.bytecode`: compile the package now, and say what was written."""
     written = compile_package(quiet=False)
-    print(f"hypervisor: {len(written)} module(s) of {PACKAGE} compiled to hash-checked .pyc files "
-          "(the others already had one)")
+    print(
+        f"hypervisor: {len(written)} module(s) of {PACKAGE} compiled to hash-checked .pyc files "
+        "(the others already had one)"
+    )
     return 0
 
 

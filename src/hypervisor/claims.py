@@ -143,4 +143,3 @@ def drop_claim(state: str, task_id: str) -> None:
         os.unlink(claim_path(state, task_id))
     except FileNotFoundError:
         pass
-

@@ -10,7 +10,7 @@ from .errors import BackendError, ClaimRefused
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
 ENV_BACKEND = "HYPERVISOR_BACKEND"
 SCHEMES = ("file", "redis://", "rediss://", "unix://")
@@ -165,4 +165,3 @@ class FileClaims:
 
     def close(self) -> None:
         pass
-

@@ -90,9 +90,7 @@ def json_option(func):
 
 
 def token_option(func):
-    func = click.option("--caller", metavar="C", help="Instead of a token: the caller that holds the live claim.")(
-        func
-    )
+    func = click.option("--caller", metavar="C", help="Instead of a token: the caller that holds the live claim.")(func)
     return click.option("--token", metavar="T", help="The claim token that `claim` printed.")(func)
 
 
@@ -399,8 +397,13 @@ AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), 
 @click.option("--project", metavar="P", help="Only this project.")
 @click.option("--timeout", default="30m", show_default=True, metavar="DURATION",
               help="Kill a worker (its whole process group) that runs longer, e.g. 90s, 30m, 2h.")  # fmt: skip
-@click.option("--isolation", type=click.Choice(["none", "worktree"]), default="none", show_default=True,
-              help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.")
+@click.option(
+    "--isolation",
+    type=click.Choice(["none", "worktree"]),
+    default="none",
+    show_default=True,
+    help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.",
+)
 @click.option("--dry-run", is_flag=True, help="Show the preflight and the first worker's command; start nothing.")
 @tasks_option
 @json_option
@@ -473,8 +476,11 @@ def _print_summary(summary: dict, path: str) -> None:
     if skipped:
         click.echo("skipped at preflight: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
     counts = summary["counts"]
-    click.echo(f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
-               + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + f"; {summary['total_tokens']} tokens")
+    click.echo(
+        f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        + f"; {summary['total_tokens']} tokens"
+    )
     click.echo(f"summary: {path}")
 
 

@@ -10,7 +10,7 @@ from .timeutil import parse_duration
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
 CONFIG_NAME = ".hypervisor.yaml"
 GATE_MODES = ("off", "warn", "block", "all")

@@ -9,7 +9,6 @@ import time
 
 from . import lightjson
 
-
 FAULT_ENV = "HYPERVISOR_FAULT"
 
 

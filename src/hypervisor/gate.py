@@ -11,7 +11,7 @@ from .timeutil import now
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
 CLAIM_TOOL = {host: rules.mcp_tool_name(host, rules.MCP_CLAIM_TOOL) for host in rules.MCP_TOOL_PREFIX}
 

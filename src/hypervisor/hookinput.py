@@ -10,7 +10,7 @@ from .workers import Worker
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
 MCP_SERVER = rules.MCP_SERVER
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -64,7 +64,7 @@ class ToolCall:
         if start < 0 or end < start:
             return None
         try:
-            value = lightjson.loads(response[start:end + 1])
+            value = lightjson.loads(response[start : end + 1])
         except (ValueError, RecursionError):
             return None
         return value if isinstance(value, dict) else None
@@ -109,7 +109,9 @@ def parse(raw: bytes | str, env: Mapping[str, str]) -> ToolCall:
         path = tool_input.get(EDIT_TOOLS[tool])
         if not isinstance(path, str) or not path or "\0" in path:
             raise HookInputError(f"{raw_tool}: tool_input.{EDIT_TOOLS[tool]} is {_short(path)}, not a file path")
-        paths = (os.path.normpath(os.path.join(cwd, _encodable(path))),)  # Gemini sends paths relative to the session cwd
+        paths = (
+            os.path.normpath(os.path.join(cwd, _encodable(path))),
+        )  # Gemini sends paths relative to the session cwd
     response = payload.get("tool_response")
     failed = event == "PostToolUseFailure" or (isinstance(response, dict) and bool(response.get("error")))
     worker = Worker(
@@ -158,7 +160,7 @@ def _mcp_name(payload: dict, tool_name: str, host: str) -> tuple[str | None, str
             return context["server_name"], context["tool_name"]
         prefix = rules.MCP_TOOL_PREFIX["gemini"]
         if tool_name.startswith(prefix) and len(tool_name) > len(prefix):
-            return MCP_SERVER, tool_name[len(prefix):]
+            return MCP_SERVER, tool_name[len(prefix) :]
         return None, None
     if not tool_name.startswith("mcp__"):
         return None, None

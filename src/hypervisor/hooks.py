@@ -19,7 +19,8 @@ from .hookinput import ToolCall, parse, read_payload
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping, TextIO
+    from collections.abc import Mapping
+    from typing import TextIO
 
 
 AGENT_TOOL = "Agent"
@@ -49,7 +50,7 @@ def pulled_task(tool_input: dict) -> tuple[str, str, str] | None:
     for command in PULL_COMMANDS:
         if command == "/pull" and tool_input.get("subagent_type") != workers.WORKER_AGENT_TYPE:
             continue
-        rest = text[len(command):]
+        rest = text[len(command) :]
         if text.startswith(command) and rest[:1].isspace():
             words = rest.split(None, 1)
             if words and rules.is_task_id(words[0]):
@@ -124,8 +125,10 @@ def run(stdin, stdout: TextIO, stderr: TextIO, env: Mapping[str, str]) -> int:
     except OSError as error:
         stderr.write(f"hypervisor hook: cannot use the task state: {_one_line(error)}; the call goes ahead unchecked\n")
     except Exception as error:  # noqa: BLE001 - a hook must never break the agent's session
-        stderr.write(f"hypervisor hook: internal error {type(error).__name__}: {_one_line(error)}; "
-                     "the call goes ahead unchecked\n")
+        stderr.write(
+            f"hypervisor hook: internal error {type(error).__name__}: {_one_line(error)}; "
+            "the call goes ahead unchecked\n"
+        )
     return 0
 
 

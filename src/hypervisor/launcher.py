@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 
-
 MODULES = ("yaml", "click", "jsonschema", "rich", "mcp", "redis")
-CHECK = "import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in %r) else 1)" % (MODULES,)
+CHECK = f"import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in {MODULES!r}) else 1)"
 STAMP = ".hypervisor-complete"
 
 

@@ -143,8 +143,10 @@ class Front:
                 orphans = list(self.in_flight.values())
                 self.in_flight.clear()
                 if self.starts >= MAX_STARTS:
-                    self.failure = stopped.replace("Call the tool again: it is restarted.",
-                                                   f"It was started {MAX_STARTS} times; restart the session.")
+                    self.failure = stopped.replace(
+                        "Call the tool again: it is restarted.",
+                        f"It was started {MAX_STARTS} times; restart the session.",
+                    )
                     orphans += self.pending
                     self.pending.clear()
             for message in orphans:

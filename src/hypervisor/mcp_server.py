@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -110,9 +111,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         caller: Annotated[str, Field(description="Your worker name, e.g. worker-3. Recorded as the assignee.")],
         task_id: Annotated[str | None, Field(description="Claim this task instead of the next ready one.")] = None,
         project: Annotated[str | None, Field(description="Claim the next ready task of this project.")] = None,
-        batch: Annotated[
-            list[str] | None, Field(description="Claim the next ready task among these ids only.")
-        ] = None,
+        batch: Annotated[list[str] | None, Field(description="Claim the next ready task among these ids only.")] = None,
     ) -> dict:
         """Claim a task atomically: exactly one caller wins. Returns the task plus claim_token and lease_expires_at.
 
@@ -135,8 +134,10 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         caller: Caller = None,
         status: Annotated[
             Status | None,
-            Field(description="New status. in_progress claims the task for caller; use complete_task/block_task "
-                              "to finish or block."),  # fmt: skip
+            Field(
+                description="New status. in_progress claims the task for caller; use complete_task/block_task "
+                "to finish or block."
+            ),  # fmt: skip
         ] = None,
         assignee: Annotated[str | None, Field(description="New assignee.")] = None,
         priority: Annotated[int | None, Field(description="New priority, 0 (highest) to 4.", ge=0, le=4)] = None,

@@ -10,11 +10,13 @@ from .timeutil import now
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 DEFAULT_NAMESPACE = "hypervisor"
-UNREACHABLE_HINT = ("(is redis-server running there? the backend comes from --backend, HYPERVISOR_BACKEND or "
-                    "backend: in .hypervisor.yaml)")
+UNREACHABLE_HINT = (
+    "(is redis-server running there? the backend comes from --backend, HYPERVISOR_BACKEND or "
+    "backend: in .hypervisor.yaml)"
+)
 RECENT_SECONDS = 10.0  # a claim this recent may not be in a task index yet (the claimer writes its file just after)
 EVENTS_MAXLEN = 1_000_000  # the stream is trimmed (approximately) beyond this many events
 
@@ -35,7 +37,8 @@ SCRIPTS = {
                 redis.call('GET', KEYS[3]) or '0'}
     """,
     # ARGV: task id, the seq the claimer read, the new record, lease ms, token
-    "acquire": _NOW + """
+    "acquire": _NOW
+    + """
         local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
         if seq ~= tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
         redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
@@ -46,7 +49,8 @@ SCRIPTS = {
         return 1
     """,
     # ARGV: the record as read, the renewed record, token, lease ms, task id
-    "renew": _NOW + """
+    "renew": _NOW
+    + """
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
         redis.call('SET', KEYS[1], ARGV[2])
         redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
@@ -81,7 +85,8 @@ SCRIPTS = {
     """,
     # ARGV: how far back "recent" goes, in ms. The ids claimed that recently and those whose lease has lapsed, as
     # two newline-joined strings: a look at the queue costs what changed lately, not what is claimed in all.
-    "names": _NOW + """
+    "names": _NOW
+    + """
         local recent = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
         local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
         return {table.concat(recent, '\\n'), table.concat(lapsed, '\\n')}
@@ -131,7 +136,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
         key, _, value = pair.partition("=")
         if key == "namespace":
             if not value or not all(c.isalnum() or c in "-_." for c in value):
-                raise BackendError(f"backend {_without_password(spec)!r}: namespace {value!r} is not allowed: use letters, digits, - _ .")
+                raise BackendError(
+                    f"backend {_without_password(spec)!r}: namespace {value!r} is not allowed: use letters, digits, - _ ."
+                )
             namespace = value
         else:
             kept.append(pair)

@@ -6,7 +6,7 @@ from .errors import ClaimRefused, InvalidTaskId
 
 TYPE_CHECKING = False  # typing costs the hooks 4 ms to import, and the annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
 STATUSES = ("inbox", "active", "in_progress", "blocked", "review", "done", "cancelled")
 CLAIMABLE_STATUSES = frozenset({"inbox", "active"})

@@ -8,7 +8,8 @@ import json
 import os
 import stat
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from . import fsutil
 from .claims import lock_path, state_dir
@@ -250,7 +251,9 @@ class TaskStore:
         for task_id, rels in duplicates.items():
             for rel in rels:
                 others = ", ".join(r for r in rels if r != rel)
-                message = f"{os.path.join(self.root, rel)}: id: {task_id!r} is also the id of {others}; ids must be unique"
+                message = (
+                    f"{os.path.join(self.root, rel)}: id: {task_id!r} is also the id of {others}; ids must be unique"
+                )
                 invalid.append({"error": message, "path": rel, "field": "id", "duplicate_of": task_id})
         invalid.sort(key=lambda report: report["path"])
         self._summaries = (self._generation, list(valid.values()), invalid)

@@ -227,8 +227,9 @@ class Supervisor:
         entry.status = "running"
         log = self.folder.log_path(task_id, entry.attempts)
         entry.logs.append(log)
-        attempt = Attempt(slot, worker, claim, entry.attempts, log, self.options.project_dir,
-                          self.queue.events_cursor())
+        attempt = Attempt(
+            slot, worker, claim, entry.attempts, log, self.options.project_dir, self.queue.events_cursor()
+        )
         self.running[slot] = attempt
         try:
             if self.worktrees is not None:

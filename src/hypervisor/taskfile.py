@@ -50,7 +50,9 @@ def dump_field(key: str, value: Any) -> str:
 
 
 def _dump(data: dict) -> str:
-    return yaml.dump(data, Dumper=TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16)
+    return yaml.dump(
+        data, Dumper=TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
+    )
 
 
 @dataclass

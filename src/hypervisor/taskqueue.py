@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from . import claims, fsutil, rules, workers, worklog
 from .claims import Claim

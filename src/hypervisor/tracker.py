@@ -10,7 +10,7 @@ from .hookinput import ToolCall
 
 TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
 CLAIMING_TOOLS = rules.MCP_CLAIMING_TOOLS
 
