@@ -130,6 +130,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check:
     return result
 
 
+HOG_PROCESSES = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2)
+# Busy, but it ends by itself if pytest dies without killing it (orphaned) or after 15 minutes at most.
+HOG = ("import os, sys, time\nparent, end = int(sys.argv[1]), time.monotonic() + 900\n"
+       "while os.getppid() == parent and time.monotonic() < end:\n    for _ in range(200000): pass\n")  # fmt: skip
+
+
+@pytest.fixture
+def cpu_hog() -> Iterator[list[int]]:
+    """Busy processes beside the test, one per usable core (2 on CI's 2 cores), killed when it ends; their pids.
+
+    For the tests whose outcome could hang on start-up order (an MCP server connecting before Claude Code's first
+    request, a subagent starting before its tools exist): under this load such a race is mostly lost, so a test
+    that only passes when it is won fails in CI too, not only on somebody's busy machine."""
+    procs = [subprocess.Popen([sys.executable, "-S", "-c", HOG, str(os.getpid())], stdin=subprocess.DEVNULL)
+             for _ in range(HOG_PROCESSES)]  # fmt: skip
+    print(f"cpu_hog: {len(procs)} busy processes run beside this test (pids {', '.join(str(p.pid) for p in procs)})")
+    try:
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
 def _pinned_cli(ensure, name: str, version: str) -> str:
     try:
         exe = ensure()

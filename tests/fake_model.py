@@ -30,7 +30,10 @@ How a request is answered
   so retries replay the same step and concurrent lanes (main session + subagents) cannot disturb each other.
 * A step is `text(...)`, `tool_use(...)` / `tool_uses(...)` (several parallel tool uses in one assistant message),
   or a callable `(request_body) -> step` evaluated when the request arrives (use `last_tool_result(req)` to react to
-  what the previous tool returned). `error(...)` and `hang(...)` are *transient*: they are played once (or `times`
+  what the previous tool returned; returning None means the lane has no step left). `after_tool_search(name, steps)`
+  is a lane for a model that first loads a deferred MCP tool with ToolSearch, searching again while Claude Code says
+  the tool's server is still connecting (`still_connecting(req)`, `deferred_tools(req)` read those notices).
+  `error(...)` and `hang(...)` are *transient*: they are played once (or `times`
   times) before the next real step and do not count as an assistant turn, so the client's retry gets the real step.
 * When a lane runs out of steps it answers `text(exhausted_text)` and records the fact in `server.problems`.
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import select
 import socket
 import threading
@@ -195,6 +199,75 @@ def last_tool_result(request: dict) -> str:
 def last_tool_result_json(request: dict) -> Any:
     """The most recent tool_result parsed as JSON (MCP tools return their structured result as JSON text)."""
     return json.loads(last_tool_result(request))
+
+
+def request_text(request: dict) -> str:
+    """Everything Claude Code wrote to the model in this request: the system prompt, then the text blocks of every
+    message of any role (its system reminders, e.g. the deferred-tool and still-connecting notices, are messages)."""
+    parts = [system_text(request)]
+    parts += [_block_text(message.get("content")) for message in request.get("messages") or []]
+    return "\n".join(parts)
+
+
+def _listed_after(request: dict, heading: str) -> list[str]:
+    """The one-a-line names under every "<heading> ...:" paragraph of the request's text, in order, once each."""
+    found: list[str] = []
+    for match in re.finditer(re.escape(heading) + r"[^\n]*:\n((?:[^\n]+\n?)+)", request_text(request)):
+        found += [line.strip() for line in match.group(1).splitlines() if line.strip() and line.strip() not in found]
+    return found
+
+
+def deferred_tools(request: dict) -> list[str]:
+    """The tools Claude Code announced by name only, to be loaded with ToolSearch ("The following deferred tools are
+    now available via ToolSearch. ... before calling them:" then one name a line)."""
+    return _listed_after(request, "The following deferred tools are now available via ToolSearch")
+
+
+def still_connecting(request: dict) -> list[str]:
+    """The MCP servers Claude Code said were still connecting when it sent this request, e.g. ['plugin:tplug:tasks']
+    ("The following MCP servers are still connecting ...:" then one a line; it adds: "call ToolSearch ... ToolSearch
+    will wait for connecting servers"). Their tools are in neither `tools` nor `deferred_tools` yet."""
+    return _listed_after(request, "The following MCP servers are still connecting")
+
+
+def tool_calls(request: dict) -> list[tuple[str, dict]]:
+    """(name, input) of every tool_use the conversation's assistant messages hold, oldest first."""
+    return [(block.get("name", ""), block.get("input") or {}) for message in request.get("messages") or []
+            if message.get("role") == "assistant" and isinstance(message.get("content"), list)
+            for block in message["content"] if isinstance(block, dict) and block.get("type") == "tool_use"]  # fmt: skip
+
+
+def loaded_tool_names(result: dict) -> list[str]:
+    """The tools a ToolSearch result (an item of `tool_results`) loaded: its `tool_reference` blocks."""
+    content = result.get("content")
+    return [block.get("tool_name", "") for block in content if isinstance(block, dict)
+            and block.get("type") == "tool_reference"] if isinstance(content, list) else []  # fmt: skip
+
+
+SEARCH_AGAIN = "try searching again"  # ToolSearch's answer while the tool's server is still connecting
+
+
+def after_tool_search(name: str, steps: list, *, until: Callable[[dict], bool] | None = None,
+                      searches: int = 10) -> list:  # fmt: skip
+    """A lane's steps for a model that first gets deferred tool `name` with ToolSearch, as a real model does: it calls
+    `ToolSearch {"query": "select:<name>"}` until `until(request)` holds (by default: `name` is in the request's
+    `tools`, i.e. its schema is loaded), then plays `steps` (texts, tool uses, callables; no transients).
+
+    ToolSearch waits for servers that are still connecting (about 5 s a call in 2.1.328), then either loads the tool
+    or answers "No matching deferred tools found. Some MCP servers are still connecting: ... try searching again";
+    the model searches again then, up to `searches` times (Claude Code gives up on a server after 30 s). So the
+    script holds whether or not the server had connected before Claude Code's first request."""
+    until = until or (lambda request: name in tool_names(request))
+    query = f"select:{name}"
+
+    def step(request: dict):
+        made = sum(1 for tool, args in tool_calls(request) if tool == "ToolSearch" and args.get("query") == query)
+        if not until(request):
+            return tool_use("ToolSearch", {"query": query, "max_results": 5}) if made < searches else None
+        index = assistant_turns(request) - made
+        return steps[index] if index < len(steps) else None
+
+    return [step] * (searches + len(steps))
 
 
 def is_agent_turn(request: dict) -> bool:
@@ -370,10 +443,14 @@ class FakeModel(LoopbackServer):
             with self._lock:
                 self.problems.append(f"lane {chosen.name!r} exhausted at step {turn}")
             return chosen.name, turn, Text(self.exhausted_text)
-        for _ in range(10):  # a callable may return another callable
+        for _ in range(10):  # a callable may return another callable, or None: no step left
             if not callable(step):
                 break
             step = step(body)
+        if step is None:
+            with self._lock:
+                self.problems.append(f"lane {chosen.name!r} exhausted at step {turn}")
+            return chosen.name, turn, Text(self.exhausted_text)
         if not isinstance(step, (Text, ToolUse, Error, Hang)):
             with self._lock:
                 self.problems.append(f"lane {chosen.name!r} step {turn}: bad step {step!r}")

@@ -5,8 +5,8 @@ BEHAVIOUR `task` reads it from the task's own frontmatter field `script:` (e.g. 
   complete              complete the task
   block                 block it with a reason
   sleep-complete SECS   sleep, then complete
+  wait-complete FILE    wait until FILE exists (the test creates it when it is done looking), then complete
   hang                  sleep for an hour (the supervisor's timeout must end it)
-  grandchild-hang FILE  start a grandchild `sleep 3600`, write its pid to FILE, then hang
   crash                 SIGKILL itself mid-task
   write-file NAME       write NAME in the working folder, then complete (worktree tests)
   commit-file NAME      write NAME, git commit it, then complete with the commit
@@ -39,12 +39,10 @@ def main() -> None:
         return
     if behaviour == "sleep-complete":
         time.sleep(float(arg))
+    elif behaviour == "wait-complete":
+        while not os.path.exists(arg):
+            time.sleep(0.02)
     elif behaviour == "hang":
-        time.sleep(3600)
-    elif behaviour == "grandchild-hang":
-        child = subprocess.Popen(["sleep", "3600"])
-        with open(arg, "w") as handle:
-            handle.write(str(child.pid))
         time.sleep(3600)
     elif behaviour == "crash":
         os.kill(os.getpid(), signal.SIGKILL)

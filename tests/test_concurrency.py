@@ -16,8 +16,10 @@ import pytest
 
 from conftest import make_queue, write_task
 from hypervisor import taskfile
+from hypervisor.errors import ClaimRefused, NothingToClaim
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
+from hypervisor.timeutil import now
 
 CLAIM_LOOP = """
 import json, sys
@@ -25,6 +27,7 @@ from hypervisor.errors import NothingToClaim
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
 queue = TaskQueue(TaskStore(sys.argv[1]))
+print("ready", flush=True)
 sys.stdin.read(1)  # start line: every process is up before any claims
 claimed = []
 while True:
@@ -41,6 +44,7 @@ from hypervisor.errors import ClaimRefused, NothingToClaim
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
 queue = TaskQueue(TaskStore(sys.argv[1]))
+print("ready", flush=True)
 sys.stdin.read(1)
 try:
     claim = queue.claim_next(sys.argv[2], lease_seconds=float(sys.argv[3]) if len(sys.argv) > 3 else None)
@@ -57,13 +61,16 @@ def make_store(root: Path, count: int) -> None:
 
 
 def race(script: str, args_per_process: list[list[str]], backend: str = "file") -> list[str]:
-    """Start every process, release them together through stdin, return their stdout."""
+    """Start every process, wait until each says it is ready (imported, queue open), release them together through
+    stdin, return their stdout after the ready line."""
     env = dict(os.environ, HYPERVISOR_BACKEND=backend)
     procs = [
         subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True, env=env)  # fmt: skip
         for args in args_per_process
     ]
+    for proc in procs:
+        assert proc.stdout.readline() == "ready\n", f"a racer died before the start: exit {proc.wait()}"
     for proc in procs:
         proc.stdin.write("go")
         proc.stdin.close()
@@ -97,17 +104,23 @@ def test_claimer_killed_between_lock_and_write_is_taken_over_once_after_the_leas
     path = write_task(root, "victim", status="active")
     before = path.read_text()
     env = dict(os.environ, HYPERVISOR_FAULT="claim-recorded", HYPERVISOR_BACKEND=backend)
-    killed = subprocess.run([sys.executable, "-c", CLAIM_ONE, str(root), "doomed", "1.0"], input="go", env=env,
+    killed = subprocess.run([sys.executable, "-c", CLAIM_ONE, str(root), "doomed", "2.0"], input="go", env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL
     assert path.read_text() == before, "the task file was written although the claimer died before writing it"
     queue = make_queue(root, backend)
-    assert queue.read_claim("victim").caller == "doomed"
+    record = queue.read_claim("victim")
+    assert record.caller == "doomed"
 
-    early = race(CLAIM_ONE, [[str(root), "early"]], backend)
-    assert "refused" in json.loads(early[0]) or "nothing to claim" in early[0]
+    # Within the lease (claimed in this process, so no start-up time can outlast the lease): nobody gets the task.
+    with pytest.raises((ClaimRefused, NothingToClaim)):
+        queue.claim_next("early")
+    assert not record.expired(now()), "the lease ran out before the early claim was tried; nothing was proven"
 
-    time.sleep(1.1)
+    deadline = time.monotonic() + 60
+    while not queue.read_claim("victim").expired(now()):  # the lease runs out (never sooner than 2 s)
+        assert time.monotonic() < deadline, "the lease never ran out"
+        time.sleep(0.05)
     outputs = race(CLAIM_ONE, [[str(root), f"taker{n}"] for n in range(8)], backend)
     results = [json.loads(out) for out in outputs]
     winners = [r for r in results if "claim_token" in r]
@@ -161,6 +174,7 @@ UPDATE_ONE_KEY = """
 import sys
 from hypervisor.store import TaskStore
 store = TaskStore(sys.argv[1])
+print("ready", flush=True)
 sys.stdin.read(1)
 for round_ in range(20):
     store.update("shared", lambda summary, doc: doc.set(f"{sys.argv[2]}_{round_}", round_))

@@ -42,7 +42,7 @@ def project_with_tasks(tmp_path):
     return project, tasks
 
 
-def test_a_scripted_model_claims_and_completes_a_task_through_the_plugin(claude, tmp_path):
+def test_a_scripted_model_claims_and_completes_a_task_through_the_plugin(claude, tmp_path, cpu_hog):
     project, tasks = project_with_tasks(tmp_path)
     script = [
         tool_use(PREFIX + "claim_next_task", {"caller": "main", "task_id": "t1"}),
@@ -69,7 +69,7 @@ def test_a_scripted_model_claims_and_completes_a_task_through_the_plugin(claude,
     assert result.result.startswith("TASK COMPLETE: t1")
 
 
-def test_pull_skill_runs_in_the_main_session(claude, tmp_path):
+def test_pull_skill_runs_in_the_main_session(claude, tmp_path, cpu_hog):
     project, tasks = project_with_tasks(tmp_path)
     script = [
         tool_use(PREFIX + "claim_next_task", {"caller": "main", "task_id": "t2"}),

@@ -24,6 +24,14 @@ LIGHT_CORE = {"hypervisor", "hypervisor.hooks", "hypervisor.hookinput", "hypervi
               "hypervisor.claimstore", "hypervisor.redisclaims", "hypervisor.resp"}  # fmt: skip
 
 
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition` until it holds; `timeout` is a hang guard, never a claim about speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"r{uuid.uuid4().hex[:12]}"
@@ -44,11 +52,10 @@ def server(redis_server):
 def test_the_lease_is_a_server_side_ttl_and_the_record_outlives_it(root, spec, server, namespace):
     write_task(root, "a")
     queue = make_queue(root, spec)
-    first = queue.claim_next("w1", lease_seconds=0.5)
+    first = queue.claim_next("w1", lease_seconds=1.0)
     lease = f"{namespace}:lease:a"
-    assert 0 < server.pttl(lease) <= 500 and server.get(lease).decode() == first["claim_token"]
-    time.sleep(0.6)
-    assert not server.exists(lease), "the server did not expire the lease"
+    assert 0 < server.pttl(lease) <= 1000 and server.get(lease).decode() == first["claim_token"]
+    wait_until(lambda: not server.exists(lease), "the server to expire the lease")  # nobody else deletes it
     record = queue.read_claim("a")
     assert record.token == first["claim_token"] and record.expired(now())
     second = queue.claim_next("w2")
@@ -61,13 +68,13 @@ def test_expiry_follows_the_servers_clock_not_the_hosts(root, spec, server, name
     """A host whose clock runs an hour ahead writes a record that looks live for an hour; the server's TTL wins."""
     write_task(root, "a")
     queue = make_queue(root, spec)
-    queue.claim_next("w1", lease_seconds=0.3)
+    queue.claim_next("w1", lease_seconds=1.0)
     key = f"{namespace}:claim:a"
     record = json.loads(server.get(key))
     record["lease_expires_at"] = time.time() + 3600
     server.set(key, json.dumps(record))
-    assert not queue.read_claim("a").expired(now())
-    time.sleep(0.4)
+    assert not queue.read_claim("a").expired(now()) and server.exists(f"{namespace}:lease:a")
+    wait_until(lambda: not server.exists(f"{namespace}:lease:a"), "the server to expire the lease")
     assert queue.read_claim("a").expired(now())
     assert queue.claim_next("w2")["reclaimed_from"] == "w1"
 
@@ -141,14 +148,13 @@ def test_hooks_gate_and_renew_through_redis_without_redis_py(tmp_path, spec, ser
     output, _ = hook(project, write_payload(project, "README.md"), env)
     assert "outside the scope of task t1" in output["reason"]
 
-    time.sleep(1.2)
     lease = f"{namespace}:lease:t1"
-    assert server.pttl(lease) < 29_000
+    wait_until(lambda: server.pttl(lease) < 29_000, "a second of the lease to pass")
     assert hook(project, write_payload(project, "models/a.sql", "PostToolUse"), env) == (None, "")
     assert server.pttl(lease) > 29_000, "the post-tool hook did not renew the lease on the server"
 
     server.pexpire(lease, 1)  # the lease runs out; another worker takes the task over
-    time.sleep(0.05)
+    wait_until(lambda: not server.exists(lease), "the lease to run out")
     queue.claim_next("w3", task_id="t1")
     output, _ = hook(project, write_payload(project, "models/a.sql"), env)
     assert output["reason"].startswith("hypervisor: claim lost: lease expired"), output

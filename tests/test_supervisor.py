@@ -281,11 +281,11 @@ def test_run_state_on_disk_and_status_view(fp, root, tmp_path):
     seen = {}
 
     def callback(process):
-        for _ in range(500):  # the fake starts at once; the supervisor records the worker just after
-            seen["live"] = load_run(str(root / ".hypervisor"))
-            if seen["live"]["running"]:
-                break
+        deadline = time.monotonic() + 60  # the fake starts at once; the supervisor records the worker just after
+        seen["live"] = load_run(str(root / ".hypervisor"))
+        while not seen["live"]["running"] and time.monotonic() < deadline:
             time.sleep(0.01)
+            seen["live"] = load_run(str(root / ".hypervisor"))
         completes(queue)(process)
 
     fp.register([AGENT, fp.any()], callback=callback)

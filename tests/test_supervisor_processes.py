@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import HYPERVISOR, make_queue, run_cli, write_task
 from hypervisor.runs import load_run, validate_summary
 from hypervisor.taskfile import read_doc
+from hypervisor.timeutil import now
 
 WORKER = str(Path(__file__).with_name("scripted_worker.py"))
 SCRIPTED = f"{sys.executable} {WORKER} task"
@@ -52,6 +54,31 @@ def wait_for(predicate, what: str, timeout: float = 30.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def said(proc: subprocess.Popen, needle: str, timeout: float = 60.0) -> str:
+    """Read the run's stderr up to the first line holding `needle` (the rest stays for communicate()); what was read."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:  # a byte at a time from the pipe itself: nothing is buffered that communicate() would miss
+        line = b""
+        while byte := os.read(proc.stderr.fileno(), 1):
+            line += byte
+            if byte == b"\n":
+                lines.append(line.decode(errors="replace"))
+                line = b""
+                if needle in lines[-1]:
+                    found.set()
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found.is_set():
+        proc.kill()
+        raise AssertionError(f"the run never said {needle!r}: {''.join(lines)}")
+    return "".join(lines)
 
 
 def running_view(root: Path) -> dict | None:
@@ -103,28 +130,36 @@ def test_cli_run_ends_each_task_as_its_worker_did_and_writes_a_valid_summary(roo
 
 def test_timeout_kills_the_whole_process_group(root, tmp_path):
     pid_file = tmp_path / "grandchild.pid"
-    write_task(root, "stuck", script=f"grandchild-hang {pid_file}")
+    write_task(root, "stuck")
     (root.parent / ".hypervisor.yaml").write_text("max_attempts: 1\n")
+    # The worker is a shell that starts its own child at once (no interpreter to load first, so the child exists
+    # long before the timeout even on a loaded machine), then waits for it.
+    agent = f"sh -c 'sleep 3600 & echo $! > {pid_file}; wait'"
     started = time.monotonic()
-    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--timeout", "2s", "--json", cwd=root.parent)
+    result = run_cli("run", "--tasks", str(root), "--agent", agent, "--timeout", "2s", "--json", cwd=root.parent)
     elapsed = time.monotonic() - started
     summary = json.loads(result.stdout)
     [entry] = summary["workers"]
     assert entry["status"] == "dead_letter" and "killed at the 2s timeout" in entry["reason"]
     assert entry["exit_codes"] == [-signal.SIGTERM]
     assert entry["duration_s"] >= 2
+    assert pid_file.exists(), "the worker was stopped before it started its child"
     grandchild = int(pid_file.read_text())
     assert not alive(grandchild), "the worker's own child survived the timeout"
     assert elapsed < 60
 
 
-def test_first_ctrl_c_drains_running_workers_finish_no_new_claims(root):
+def test_first_ctrl_c_drains_running_workers_finish_no_new_claims(root, tmp_path):
+    go = tmp_path / "go"  # each worker completes once this exists: the first is still running at the Ctrl-C
     for name in ("a", "b", "c"):
-        write_task(root, name, script="sleep-complete 2")
+        write_task(root, name, script=f"wait-complete {go}")
     proc = start_run(root, "--workers", "1", "--agent", SCRIPTED)
     wait_for(lambda: running_view(root), "the first worker to start")
     proc.send_signal(signal.SIGINT)
+    early = said(proc, "draining")
+    go.touch()
     out, err = proc.communicate(timeout=60)
+    err = early + err
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["status"] == "drained"
@@ -142,7 +177,7 @@ def test_second_ctrl_c_stops_workers_and_releases_their_tasks(root):
     view = wait_for(lambda: (v := running_view(root)) and len(v["running"]) == 2 and v, "two workers to start")
     pids = [item["pid"] for item in view["running"]]
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    said(proc, "draining")  # the first Ctrl-C was taken; a second one now stops the workers
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -156,8 +191,9 @@ def test_second_ctrl_c_stops_workers_and_releases_their_tasks(root):
     assert not list((root / ".hypervisor" / "claims").glob("*.json"))
 
 
-def test_status_reads_a_running_run_from_disk(root):
-    write_task(root, "slow", script="sleep-complete 3")
+def test_status_reads_a_running_run_from_disk(root, tmp_path):
+    go = tmp_path / "go"  # the worker runs until the status checks are done
+    write_task(root, "slow", script=f"wait-complete {go}")
     proc = start_run(root, "--agent", SCRIPTED)
     try:
         view = wait_for(lambda: running_view(root), "the worker to start")
@@ -168,6 +204,7 @@ def test_status_reads_a_running_run_from_disk(root):
         text = run_cli("status", "--tasks", str(root), check=0).stdout
         assert "running w1-" in text and "slow" in text
     finally:
+        go.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out)["workers"][0]["status"] == "done"
@@ -182,7 +219,8 @@ def test_a_killed_supervisor_is_reported_dead_and_its_claims_expire_for_the_next
     proc.wait(timeout=30)
     os.killpg(view["running"][0]["pid"], signal.SIGKILL)  # the worker had its own group; the test cleans it up
     assert json.loads(run_cli("status", "--tasks", str(root), "--json", check=0).stdout)["status"] == "dead"
-    time.sleep(1.2)
+    queue = make_queue(root, backend)
+    wait_for(lambda: queue.read_claim("orphaned").expired(now()), "the dead run's lease to run out")
     (root / "orphaned.md").write_text((root / "orphaned.md").read_text().replace("script: hang", "script: complete"))
     result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--json", cwd=root.parent, check=0)
     summary = json.loads(result.stdout)
