@@ -10,17 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+from npm_tools import CLAUDE_CODE_VERSION, GEMINI_CLI_VERSION, cli_version, ensure_claude, ensure_gemini
 
 from hypervisor.claimstore import open_claims
 from hypervisor.config import Config
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
-from npm_tools import CLAUDE_CODE_VERSION, GEMINI_CLI_VERSION, cli_version, ensure_claude, ensure_gemini
 
 REPO = Path(__file__).resolve().parent.parent
 HYPERVISOR = [sys.executable, "-m", "hypervisor"]

@@ -40,9 +40,10 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from loopback import LoopbackServer, chunks, count_tokens
@@ -65,7 +66,7 @@ class Calls:
     text: str = ""
 
 
-Step = Union[Text, Calls, Callable[[dict], Any]]
+Step = Text | Calls | Callable[[dict], Any]
 
 
 def text(value: str) -> Text:
@@ -366,7 +367,7 @@ class FakeGemini(LoopbackServer):
                 if not callable(step):
                     break
                 step = step(body)
-        except Exception as exc:  # a broken script callable: answer, and let the test see it
+        except Exception as exc:  # noqa: BLE001 - a broken script callable: answer, and let the test see it
             self._problem(f"lane {chosen.name!r} step {turn}: script error {exc!r}")
             return chosen.name, turn, Text(f"(fake gemini: script error {exc!r})")
         if not isinstance(step, (Text, Calls)):
@@ -391,8 +392,11 @@ class FakeGemini(LoopbackServer):
         out_tokens = max(1, len(json.dumps(parts)) // 4)
         return {
             "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
-                              "totalTokenCount": prompt_tokens + out_tokens},  # fmt: skip
+            "usageMetadata": {
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": out_tokens,
+                "totalTokenCount": prompt_tokens + out_tokens,
+            },  # fmt: skip
             "modelVersion": model or "gemini-fake",
             "responseId": f"fake-{n:04d}",
         }
@@ -534,7 +538,7 @@ def _make_handler(server: FakeGemini):
                 return
             try:
                 lane, turn, step = server.route(body)
-            except Exception as exc:  # a bug in routing: answer, and let the test see it
+            except Exception as exc:  # noqa: BLE001 - a bug in routing: answer, and let the test see it
                 server._problem(f"route error: {exc!r}")
                 lane, turn, step = None, None, Text(f"(fake gemini: route error {exc!r})")
             record.lane, record.turn = lane, turn

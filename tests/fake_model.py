@@ -47,9 +47,10 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 from urllib.parse import urlparse
 
 from loopback import LoopbackServer, chunks, count_tokens
@@ -93,14 +94,14 @@ class Hang:
     times: int = 1
 
 
-Step = Union[Text, ToolUse, Error, Hang, Callable[[dict], Any]]
+Step = Text | ToolUse | Error | Hang | Callable[[dict], Any]
 
 
 def text(value: str) -> Text:
     return Text(value)
 
 
-def tool_use(name: str, input: dict | None = None, *, text: str = "") -> ToolUse:
+def tool_use(name: str, input: dict | None = None, *, text: str = "") -> ToolUse:  # noqa: A002 - the API's field
     """One tool call: `tool_use("Bash", {"command": "ls"})`."""
     return ToolUse(((name, dict(input or {})),), text)
 
@@ -601,7 +602,7 @@ def _make_handler(model: FakeModel):
                 return
             try:
                 lane, turn, step = model.route(body)
-            except Exception as exc:  # a broken script callable: answer, and let the test see it
+            except Exception as exc:  # noqa: BLE001 - a broken script callable: answer, and let the test see it
                 with model._lock:
                     model.problems.append(f"script error: {exc!r}")
                 lane, turn, step = None, None, Error(500, "api_error", f"fake model script error: {exc!r}")

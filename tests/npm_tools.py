@@ -37,9 +37,11 @@ def install_dir(package: str, version: str) -> Path:
 
 def _installed(directory: Path, package: str, version: str, binary: str) -> bool:
     stamp = directory / ".installed"
-    return stamp.is_file() and stamp.read_text().strip() == f"{package}@{version}" and (
-        directory / "node_modules" / ".bin" / binary
-    ).exists()
+    return (
+        stamp.is_file()
+        and stamp.read_text().strip() == f"{package}@{version}"
+        and (directory / "node_modules" / ".bin" / binary).exists()
+    )
 
 
 def ensure_cli(package: str, version: str, binary: str) -> str:

@@ -19,12 +19,12 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write_task
 from gemini_cli import hermetic_gemini_env, link_extension, prepare_home
+from install_env import install_plugin, make_clone
+
 from hypervisor import agents
 from hypervisor.errors import UsageError
-from install_env import install_plugin, make_clone
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,8 @@ def test_a_recorded_install_that_is_gone_or_for_another_project_comes_after_the_
     project = tmp_path / "project"
     (project / "sub").mkdir(parents=True)
     data["plugins"]["hypervisor@hypervisor"].append(
-        {**user, "scope": "local", "projectPath": str(project), "installPath": str(here_project)})
+        {**user, "scope": "local", "projectPath": str(project), "installPath": str(here_project)}
+    )
     path.write_text(json.dumps(data))
     monkeypatch.chdir(project / "sub")
     assert agents.plugin_root() == str(here_project)
@@ -156,7 +157,8 @@ def test_a_copied_or_orphaned_gemini_extension_is_refused_with_the_fix(gemini, c
     with pytest.raises(UsageError) as refused:
         agents.GeminiAgent(exe=gemini).check()
     assert f"linked from {gone / 'gemini'}, but {gone / 'gemini' / 'gemini-extension.json'} is missing" in str(
-        refused.value)
+        refused.value
+    )
 
 
 def test_nothing_found_is_one_line_saying_how_to_get_it(installed_package):
@@ -206,7 +208,12 @@ def test_a_pip_installed_package_runs_claude_with_the_installed_plugin(claude_in
                     "os.environ['HYPERVISOR_CLAIM_TOKEN'], '--summary', 'fake claude'], check=True)\n")  # fmt: skip
     fake.chmod(0o755)
     argv_file = tmp_path / "argv.json"
-    env = {**clean, "HOME": str(claude_install.home), "HYPERVISOR_CLAUDE": str(fake), "FAKE_CLAUDE_ARGV": str(argv_file)}
+    env = {
+        **clean,
+        "HOME": str(claude_install.home),
+        "HYPERVISOR_CLAUDE": str(fake),
+        "FAKE_CLAUDE_ARGV": str(argv_file),
+    }
     run = subprocess.run([str(hypervisor), "run", "--tasks", "tasks", "--agent", "claude", "--workers", "1"],
                          cwd=str(project), env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -224,4 +231,3 @@ def test_a_pip_installed_package_runs_claude_with_the_installed_plugin(claude_in
     lines = [line for line in refused.stderr.splitlines() if "plugin files were not found" in line]
     assert len(lines) == 1 and "claude plugin install hypervisor@hypervisor" in lines[0], refused.stderr
     assert "gemini extensions link" in lines[0], refused.stderr
-

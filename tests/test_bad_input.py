@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli, write_task
+
 from hypervisor.errors import InvalidTaskId
 from hypervisor.rules import check_task_id
 from hypervisor.store import TaskStore

@@ -295,13 +295,18 @@ def test_expired_lock_is_taken_over_by_exactly_one_of_many(tmp_path: Path) -> No
     key = key_of(batch, "t/one.md")
     fake_lock(batch, key, "t/one.md", claimed_ago=timedelta(hours=2), lease_left=-timedelta(hours=1))
     procs = [
-        subprocess.Popen([sys.executable, str(SCRIPT), "--batch", "5", "--json", "--caller", f"w{i}"],
-                         cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--batch", "5", "--json", "--caller", f"w{i}"],
+            cwd=batch,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for i in range(6)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
     winners = []
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode in (0, 3), err
         winners += [o for o in json.loads(out)["items"] if o["status"] == "ok"]
     assert len(winners) == 1 and winners[0]["attempts"] == 2
@@ -434,13 +439,18 @@ def test_eight_workers_process_each_of_200_items_exactly_once(tmp_path: Path) ->
         items.append(f"{folder}/{stem}.md")
     write_queue(batch, *items)
     procs = [
-        subprocess.Popen([sys.executable, str(SCRIPT), "--batch", "1000", "--json", "--caller", f"w{n}"],
-                         cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--batch", "1000", "--json", "--caller", f"w{n}"],
+            cwd=batch,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for n in range(8)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     claimed_by: dict[str, list[str]] = {}
-    for n, (proc, (out, err)) in enumerate(zip(procs, outputs)):
+    for n, (proc, (out, err)) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode in (0, 3), err
         report = json.loads(out)
         assert report["worker"] == f"w{n}"

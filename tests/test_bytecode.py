@@ -12,14 +12,14 @@ import py_compile
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import REPO, write_task
-from hypervisor.bytecode import CHECKED_HASH_FLAGS, is_current
 from test_hooks import BANNED, LIGHT_CORE
+
+from hypervisor.bytecode import CHECKED_HASH_FLAGS, is_current
 
 WORKER = {"agent_id": "a0ab0affd383245c3", "agent_type": "hypervisor:worker"}
 DENIAL = "holds no claim"
@@ -50,8 +50,11 @@ def make_project(folder: Path) -> Path:
 
 
 def hook_env(project: Path, dont_write: bool = True) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HYPERVISOR_", "CLAUDE_", "GEMINI_", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HYPERVISOR_", "CLAUDE_", "GEMINI_", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE"))
+    }
     env["CLAUDE_PROJECT_DIR"] = str(project)
     if dont_write:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -188,8 +191,14 @@ def test_a_read_only_package_folder_does_not_disturb_the_hook(tmp_path, how):
             for dont_write in (True, False, True):
                 result = checked(run_hook(plugin, project, dont_write=dont_write, prefix=prefix))
                 assert want in reason(result) and result.stderr == "", (how, plugin.name, dont_write, result)
-            compiled = checked(subprocess.run([*prefix, sys.executable, "-S", "-c", compile_code,
-                                               str(plugin / "src")], capture_output=True, text=True, timeout=120))
+            compiled = checked(
+                subprocess.run(
+                    [*prefix, sys.executable, "-S", "-c", compile_code, str(plugin / "src")],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            )
             assert compiled.returncode == 0 and compiled.stdout == "0\n", compiled
             refused = compiled.stderr.splitlines()
             assert len(refused) == 1 and "cannot write" in refused[0], "one refused write per folder, then quiet"

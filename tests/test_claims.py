@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import make_queue, write_task
+
 from hypervisor import taskfile
 from hypervisor.config import Config
 from hypervisor.errors import ClaimRefused, NothingToClaim, UsageError

@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import REPO, run_cli, write_task
+
 from hypervisor import taskfile
 
 

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import make_queue, write_task
+
 from hypervisor import taskfile
 from hypervisor.errors import ClaimRefused, NothingToClaim
 from hypervisor.store import TaskStore
@@ -65,8 +65,9 @@ def race(script: str, args_per_process: list[list[str]], backend: str = "file") 
     stdin, return their stdout after the ready line."""
     env = dict(os.environ, HYPERVISOR_BACKEND=backend)
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, env=env)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )  # fmt: skip
         for args in args_per_process
     ]
     for proc in procs:

@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
 from fake_gemini import (
     FakeGemini,
     Lane,
@@ -201,7 +200,7 @@ def _post(url: str, path: str, body: dict) -> tuple[int, str, str]:
 
 
 def _sse(body: str) -> list[dict]:
-    return [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    return [json.loads(line[len("data: ") :]) for line in body.splitlines() if line.startswith("data: ")]
 
 
 def test_fake_gemini_lanes_streaming_and_side_requests() -> None:
@@ -217,14 +216,21 @@ def test_fake_gemini_lanes_streaming_and_side_requests() -> None:
         # The router classifier gets its JSON, without consuming a step.
         complexity = {"type": "OBJECT", "properties": {"complexity_reasoning": {"type": "STRING"},
                                                        "complexity_score": {"type": "INTEGER"}}}  # fmt: skip
-        classifier = {"contents": [user],
-                      "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": complexity}}
+        classifier = {
+            "contents": [user],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": complexity},
+        }
         status, _, body = _post(server.url, "/v1beta/models/gemini-lite:generateContent", classifier)
         reply = json.loads(json.loads(body)["candidates"][0]["content"]["parts"][0]["text"])
         assert status == 200 and reply == {"complexity_reasoning": "x", "complexity_score": 1}
         # Another structured side request gets a minimal object that fits its schema.
-        next_speaker = {"type": "object", "properties": {"reasoning": {"type": "string"},
-                                                         "next_speaker": {"type": "string", "enum": ["model", "user"]}}}
+        next_speaker = {
+            "type": "object",
+            "properties": {
+                "reasoning": {"type": "string"},
+                "next_speaker": {"type": "string", "enum": ["model", "user"]},
+            },
+        }
         speaker = {"contents": [user], "generationConfig": {"responseJsonSchema": next_speaker}}
         status, _, body = _post(server.url, "/v1beta/models/m:generateContent", speaker)
         assert json.loads(json.loads(body)["candidates"][0]["content"]["parts"][0]["text"])["next_speaker"] == "user"
@@ -246,10 +252,14 @@ def test_fake_gemini_lanes_streaming_and_side_requests() -> None:
         assert "".join(e["candidates"][0]["content"]["parts"][0]["text"] for e in events) == "SUB-END " + "x" * 100
         assert first_user_text(server.lane_requests("sub")[0]).startswith("TASK-ID: s")
 
-        model_turn = [{"functionCall": {"name": "read_file", "args": {}}},
-                      {"functionCall": {"name": "write_file", "args": {}}}]
-        results = [{"functionResponse": {"name": "read_file", "response": {"output": "A"}}},
-                   {"functionResponse": {"name": "write_file", "response": {"error": "E"}}}]
+        model_turn = [
+            {"functionCall": {"name": "read_file", "args": {}}},
+            {"functionCall": {"name": "write_file", "args": {}}},
+        ]
+        results = [
+            {"functionResponse": {"name": "read_file", "response": {"output": "A"}}},
+            {"functionResponse": {"name": "write_file", "response": {"error": "E"}}},
+        ]
         history = [user, {"role": "model", "parts": model_turn}, {"role": "user", "parts": results}]
         body = {"contents": history, "tools": tools}
         status, _, body = _post(server.url, "/v1beta/models/gemini-x:generateContent", body)

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from claude_cli import run_claude
 from fake_model import (
     SEARCH_AGAIN,
@@ -260,7 +259,9 @@ def test_fake_model_lanes_streaming_and_transients() -> None:
     ]
     with FakeModel(script) as server:
         # A side request (no tools) gets a harmless reply and plays no step.
-        status, body = _post(server.url, {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]})
+        status, body = _post(
+            server.url, {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
+        )
         assert status == 200 and json.loads(body)["content"][0]["text"] == "ok"
         assert server.played("main") == 0
 
@@ -292,8 +293,14 @@ def test_fake_model_lanes_streaming_and_transients() -> None:
         assert _post(server.url, request)[0] == 529
         status, body = _post(server.url, request)
         assert status == 200 and "AFTER-RETRY" in body
-        status, body = _post(server.url, dict(request, messages=[{"role": "user", "content": "x"}] * 1
-                                              + [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]))
+        status, body = _post(
+            server.url,
+            dict(
+                request,
+                messages=[{"role": "user", "content": "x"}] * 1
+                + [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+            ),
+        )
         assert "script exhausted" in body and server.problems
 
     with FakeModel([hang(30), text("AFTER-HANG")]) as server:

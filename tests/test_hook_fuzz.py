@@ -28,12 +28,12 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import REPO, write_task
+
 from hypervisor.workers import Worker
 
 HOOK = [sys.executable, "-S", str(REPO / "hooks" / "tool_hook.py")]
@@ -334,8 +334,10 @@ def project_cases() -> list[Case]:
             cases.append(Case(f"{name}-{payload['tool_name']}-{payload['hook_event_name']}", payload,
                               env={"HYPERVISOR_TASKS": root}, expect=expect))  # fmt: skip
     # project dir from the env that disagrees with the payload's cwd
-    for env_name, event, tool in (("CLAUDE_PROJECT_DIR", "PreToolUse", "Write"),
-                                  ("GEMINI_PROJECT_DIR", "BeforeTool", "write_file")):
+    for env_name, event, tool in (
+        ("CLAUDE_PROJECT_DIR", "PreToolUse", "Write"),
+        ("GEMINI_PROJECT_DIR", "BeforeTool", "write_file"),
+    ):
         for project_dir in ("@P:no_root@", "@BASE@/missing-project", "relative/dir", "/"):
             cases.append(Case(f"envdir-{env_name}-{project_dir}", call(event, tool, {"file_path": "src/x.py"},
                                                                          who=ident(f"envdir-{env_name}")),
@@ -427,21 +429,24 @@ def raw_cases() -> list[Case]:
         ("deep-in-tool-input", valid.replace(b'"x"', b"[" * 100000 + b"]" * 100000)),
         ("nested-900", valid.replace(b'"x"', b"[" * 900 + b"]" * 900)),
     ]]  # fmt: skip
-    for cut in sorted({1, 2, 5, 10, 17, 30, 50, 80, 100, 120, 150, 180, 200, len(valid) // 2, len(valid) - 2,
-                       len(valid) - 1}):
+    for cut in sorted(
+        {1, 2, 5, 10, 17, 30, 50, 80, 100, 120, 150, 180, 200, len(valid) // 2, len(valid) - 2, len(valid) - 1}
+    ):
         cases.append(Case(f"raw-truncated-at-{cut}", raw=valid[:cut]))
 
     for codec in ("utf-16", "utf-32", "utf-16-be"):  # json.loads(bytes) reads UTF-16/32 too (utf-16-be: no BOM)
         cases.append(Case(f"raw-{codec}", build=lambda codec=codec: WORLD.substitute(valid).decode().encode(codec)))
 
     def big_write() -> bytes:  # a 20 MB Write by the bound worker, inside its scope
-        payload = call("PreToolUse", "Write", {"file_path": f"{WORLD.main}/src/big.py", "content": "@C@"},
-                       cwd=WORLD.main)
+        payload = call(
+            "PreToolUse", "Write", {"file_path": f"{WORLD.main}/src/big.py", "content": "@C@"}, cwd=WORLD.main
+        )
         return json.dumps(payload).encode().replace(b"@C@", b"x" * (20 * 1024 * 1024))
 
     def over_limit() -> bytes:  # one byte past hypervisor's 64 MiB limit, still well-formed JSON
-        head = json.dumps(call("PreToolUse", "Write", {"file_path": f"{WORLD.main}/src/big.py", "content": "@C@"},
-                               cwd=WORLD.main))
+        head = json.dumps(
+            call("PreToolUse", "Write", {"file_path": f"{WORLD.main}/src/big.py", "content": "@C@"}, cwd=WORLD.main)
+        )
         head_bytes = head.encode()
         return head_bytes.replace(b"@C@", b"y" * (MAX_PAYLOAD + 1 - (len(head_bytes) - 3)))
 
@@ -506,7 +511,7 @@ def random_cases(seed: int = 20260101, count: int = 160) -> list[Case]:
                 if op == 0:
                     data[at] = rng.randrange(256)
                 elif op == 1:
-                    del data[at:at + rng.randrange(1, 20)]
+                    del data[at : at + rng.randrange(1, 20)]
                 elif op == 2:
                     data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
                 else:
@@ -540,6 +545,7 @@ def all_cases() -> list[Case]:
 
 
 CASES = all_cases()
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The projects
@@ -732,8 +738,9 @@ class Result:
         if not isinstance(output, dict):
             return "garbage"
         specific = output.get("hookSpecificOutput")
-        if output.get("decision") == "block" or (isinstance(specific, dict)
-                                                 and specific.get("permissionDecision") == "deny"):
+        if output.get("decision") == "block" or (
+            isinstance(specific, dict) and specific.get("permissionDecision") == "deny"
+        ):
             return "deny"
         if isinstance(specific, dict) and specific.get("permissionDecision") == "allow" \
                 and isinstance(specific.get("updatedInput"), dict):  # fmt: skip
@@ -834,8 +841,9 @@ def contract_problems(result: Result) -> list[str]:
             problems += rewrite_problems(result, output)
         elif isinstance(output, dict):
             specific = output.get("hookSpecificOutput")
-            denies = output.get("decision") is not None or (isinstance(specific, dict)
-                                                            and specific.get("permissionDecision") is not None)
+            denies = output.get("decision") is not None or (
+                isinstance(specific, dict) and specific.get("permissionDecision") is not None
+            )
             if denies and not (output.get("decision") == "block" and isinstance(specific, dict)
                                and specific.get("permissionDecision") == "deny"
                                and isinstance(output.get("reason"), str) and output["reason"].strip()):  # fmt: skip
@@ -890,6 +898,7 @@ def test_gate_fails_closed(fuzz):
     """Where the right answer is known (no usable claim: deny; bound worker in scope: allow), the hook gives it.
 
     Unreadable payloads are let through by contract and are not counted here."""
+
     def check(result) -> str:
         if not result.case.expect or result.unreadable or result.verdict == result.case.expect:
             return ""

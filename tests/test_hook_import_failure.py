@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_bytecode import make_project, package, plugin_copy, pycs, run_hook
 
 

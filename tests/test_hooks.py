@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, write_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, write_task
 from hypervisor import claims, lightjson, workers
 from hypervisor.config import read_flat
 from hypervisor.hookinput import parse
@@ -96,8 +96,16 @@ def test_claude_and_gemini_payloads_normalise_to_the_same_call(project):
     claude = parse(json.dumps(project.claude("PreToolUse", "Edit", {
         "file_path": str(project.path / "models/orders/a.sql"), "old_string": "a", "new_string": "b",
         "replace_all": False}, WORKER)), {})  # fmt: skip
-    gemini = parse(json.dumps(project.gemini("BeforeTool", "replace", {
-        "file_path": "models/orders/a.sql", "instruction": "x", "old_string": "a", "new_string": "b"})), {})
+    gemini = parse(
+        json.dumps(
+            project.gemini(
+                "BeforeTool",
+                "replace",
+                {"file_path": "models/orders/a.sql", "instruction": "x", "old_string": "a", "new_string": "b"},
+            )
+        ),
+        {},
+    )
     assert (claude.host, gemini.host) == ("claude", "gemini")
     assert claude.tool == gemini.tool == "Edit" and claude.is_edit and gemini.is_edit
     assert claude.paths == gemini.paths == (str(project.path / "models/orders/a.sql"),)
@@ -405,8 +413,16 @@ def test_in_a_project_without_hypervisor_the_hooks_say_and_make_nothing(tmp_path
         env = {**hook_env(), "GEMINI_PROJECT_DIR" if host == "gemini" else "CLAUDE_PROJECT_DIR": str(plain)}
         for who in ({}, WORKER):
             for event, tool, tool_input, extra in events:
-                payload = {"session_id": "s1", "transcript_path": "/dev/null", "cwd": str(plain),
-                           "hook_event_name": event, "tool_name": tool, "tool_input": tool_input, **who, **extra}
+                payload = {
+                    "session_id": "s1",
+                    "transcript_path": "/dev/null",
+                    "cwd": str(plain),
+                    "hook_event_name": event,
+                    "tool_name": tool,
+                    "tool_input": tool_input,
+                    **who,
+                    **extra,
+                }
                 result = subprocess.run(HOOK, input=json.dumps(payload), capture_output=True, text=True, env=env,
                                         cwd=plain, timeout=60)  # fmt: skip
                 answers.append((host, event, tool, bool(who), result.returncode, result.stdout, result.stderr))

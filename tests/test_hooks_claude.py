@@ -31,13 +31,22 @@ def test_a_worker_subagent_edits_only_under_its_claim_and_scope(claude, tmp_path
         tool_use(PREFIX + "claim_next_task", {"caller": "w1", "task_id": "t1"}),
         tool_use("Write", {"file_path": str(inside), "content": "select 1\n"}),  # under the claim: goes through
         tool_use("Write", {"file_path": str(outside), "content": "# orders\n"}),  # outside scope: refused
-        lambda request: tool_use(PREFIX + "complete_task", {
-            "id": "t1", "claim_token": claim_token(request), "summary": "Added the orders model"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "complete_task",
+            {"id": "t1", "claim_token": claim_token(request), "summary": "Added the orders model"},
+        ),  # fmt: skip
         lambda request: text("WORKER-DONE " + last_tool_result(request)),
     ]
     main = [
-        tool_use("Agent", {"description": "worker t1", "prompt": MARKER + "Do task t1.",
-                           "subagent_type": "hypervisor:worker", "run_in_background": False}),  # fmt: skip
+        tool_use(
+            "Agent",
+            {
+                "description": "worker t1",
+                "prompt": MARKER + "Do task t1.",
+                "subagent_type": "hypervisor:worker",
+                "run_in_background": False,
+            },
+        ),  # fmt: skip
         tool_use("Write", {"file_path": str(main_file), "content": "main session notes\n"}),  # never gated
         text("MAIN-DONE"),
     ]

@@ -16,7 +16,7 @@ def claimed_task(request: dict) -> dict:
     for response in function_responses(request):
         if response["name"] == CLAIM:
             output = response_text(response)
-            return json.loads(output[output.index("{"): output.rindex("}") + 1])
+            return json.loads(output[output.index("{") : output.rindex("}") + 1])
     raise AssertionError("no claim result in the conversation")
 
 

@@ -20,13 +20,12 @@ import sys
 import time
 
 import pytest
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
-
 from claude_cli import hermetic_env, run_claude
 from conftest import write_task
 from fake_model import FakeModel, Lane, last_tool_result, system_text, text, tool_names, tool_results, tool_use
 from install_env import NO_MODEL, PLUGIN_KEY, install_plugin, make_clone, tree
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 TASK_TOOLS = ("list_tasks", "get_task", "claim_next_task", "update_task", "complete_task", "block_task",
@@ -61,7 +60,7 @@ def test_install_writes_settings_and_copies_the_plugin_without_a_venv(installed)
     assert settings["enabledPlugins"] == {PLUGIN_KEY: True}, settings
     assert settings["extraKnownMarketplaces"]["hypervisor"]["source"] == {
         "source": "directory", "path": str(installed.clone)}, settings  # fmt: skip
-    record, = installed.installed_plugins["plugins"][PLUGIN_KEY]
+    (record,) = installed.installed_plugins["plugins"][PLUGIN_KEY]
     assert record["installPath"] == str(installed.cache) and record["version"] == "0.1.0", record
     head = subprocess.run(["git", "-C", str(installed.clone), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert record.get("gitCommitSha") == head.stdout.strip(), record
@@ -84,7 +83,7 @@ def first_request_problems(request: dict, tools: tuple[str, ...] = TASK_TOOLS) -
     seen = (system_text(request) + json.dumps(request.get("messages"))).lower()
     if "still connecting" in seen:
         at = seen.index("still connecting")
-        problems.append(f"still-connecting notice: ...{seen[max(0, at - 300):at + 300]}...")
+        problems.append(f"still-connecting notice: ...{seen[max(0, at - 300) : at + 300]}...")
     return problems
 
 
@@ -134,13 +133,21 @@ def test_first_session_after_install_a_worker_claims_and_completes(installed, cl
         tool_use("Write", {"file_path": str(target), "content": "A = 0\n"}),  # before claiming: refused
         tool_use(PREFIX + "claim_next_task", {"caller": "w1", "task_id": "t1"}),
         tool_use("Write", {"file_path": str(target), "content": "A = 1\n"}),  # under the claim: goes through
-        lambda request: tool_use(PREFIX + "complete_task", {
-            "id": "t1", "claim_token": claim_token(request), "summary": "Wrote module a"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "complete_task", {"id": "t1", "claim_token": claim_token(request), "summary": "Wrote module a"}
+        ),  # fmt: skip
         lambda request: text("TASK COMPLETE: t1 " + last_tool_result(request)),
     ]
     main = [
-        tool_use("Agent", {"description": "worker t1", "prompt": MARKER + "Do task t1 as worker w1.",
-                           "subagent_type": "hypervisor:worker", "run_in_background": False}),  # fmt: skip
+        tool_use(
+            "Agent",
+            {
+                "description": "worker t1",
+                "prompt": MARKER + "Do task t1 as worker w1.",
+                "subagent_type": "hypervisor:worker",
+                "run_in_background": False,
+            },
+        ),  # fmt: skip
         text("MAIN-DONE"),
     ]
     with FakeModel([Lane("main", main), Lane("worker", worker, match=MARKER)]) as model:
@@ -183,8 +190,9 @@ def test_warm_session_under_cpu_load_has_the_tools_from_the_start(installed, cla
     tasks = make_project(project)
     main = [
         tool_use(PREFIX + "claim_next_task", {"caller": "main", "task_id": "t1"}),
-        lambda request: tool_use(PREFIX + "complete_task", {
-            "id": "t1", "claim_token": claim_token(request), "summary": "Done under load"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "complete_task", {"id": "t1", "claim_token": claim_token(request), "summary": "Done under load"}
+        ),  # fmt: skip
         lambda request: text("TASK COMPLETE: t1 " + last_tool_result(request)),
     ]
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
@@ -232,8 +240,9 @@ def test_server_in_a_folder_with_no_task_root_says_how_to_make_one(installed, tm
     empty = tmp_path / "empty"
     empty.mkdir()
     env = hermetic_env(NO_MODEL, str(installed.home))
-    env.update(CLAUDE_PLUGIN_ROOT=str(installed.clone), CLAUDE_PLUGIN_DATA=str(installed.data),
-               CLAUDE_PROJECT_DIR=str(empty))  # as Claude Code starts it; the data dir holds the first start's venv
+    env.update(
+        CLAUDE_PLUGIN_ROOT=str(installed.clone), CLAUDE_PLUGIN_DATA=str(installed.data), CLAUDE_PROJECT_DIR=str(empty)
+    )  # as Claude Code starts it; the data dir holds the first start's venv
     command, args = server_command(installed.clone)
     assert command == "python3" and args[-2:] == [str(installed.clone / "scripts" / "launch.py"), "mcp"], args
     params = StdioServerParameters(command=shutil.which(command, path=env["PATH"]) or command, args=args, env=env,

@@ -20,8 +20,9 @@ import subprocess
 from conftest import REPO, run_cli, write_task
 from fake_gemini import FakeGemini, call, function_responses, response_text, text
 from gemini_cli import hermetic_gemini_env, prepare_home, run_gemini
-from hypervisor import agents
 from install_env import make_clone
+
+from hypervisor import agents
 
 URL = "<hypervisor git URL>"
 README_COMMANDS = (

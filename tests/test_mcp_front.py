@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO, write_task
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import REPO, write_task
 from hypervisor import mcp_handshake
 from hypervisor.mcp_server import TOOL_NAMES
 
@@ -53,8 +53,18 @@ class Wire:
         self.send({"jsonrpc": "2.0", "id": "server-discover-probe-1", "method": "server/discover",
                    "params": {"protocolVersion": "2026-07-28"}})  # fmt: skip
         discover = self.reply("server-discover-probe-1")
-        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}})
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "0"},
+                },
+            }
+        )
         init = self.reply(0)
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         for number, method in enumerate(("tools/list", "prompts/list", "resources/list"), 1):
@@ -90,7 +100,7 @@ def test_the_handshake_is_answered_before_the_real_server_can_start(tmp_path):
     so the answers cannot have come from it. Then a tool call made meanwhile is answered by the real server."""
     gate = tmp_path / "go"
     slow_python = tmp_path / "slow-python"
-    slow_python.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nexec {sys.executable} \"$@\"\n")
+    slow_python.write_text(f'#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nexec {sys.executable} "$@"\n')
     slow_python.chmod(0o755)
     write_task(tmp_path / "tasks", "t1", status="active", title="One")
     wire = Wire(tmp_path, clean_env(HYPERVISOR_PYTHON=str(slow_python)), python=BARE_PYTHON)

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 
+from conftest import REPO, make_queue, write_task
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from conftest import REPO, make_queue, write_task
 from hypervisor import taskfile
 from hypervisor.mcp_server import TOOL_NAMES
 
@@ -60,14 +60,22 @@ async def scenario(root, backend):
         bad_id = error_text(await client.call_tool("get_task", {"id": "../etc/passwd"}))
         assert "is not allowed" in bad_id
 
-        done = structured(await client.call_tool(
-            "complete_task", {"id": "a", "claim_token": token, "summary": "wrote the thing", "commit": "abc1234"}))
+        done = structured(
+            await client.call_tool(
+                "complete_task", {"id": "a", "claim_token": token, "summary": "wrote the thing", "commit": "abc1234"}
+            )
+        )
         assert done["status"] == "done"
 
-        via_update = structured(await client.call_tool("update_task", {"id": "b", "caller": "w2", "status": "in_progress"}))
+        via_update = structured(
+            await client.call_tool("update_task", {"id": "b", "caller": "w2", "status": "in_progress"})
+        )
         assert via_update["claim_token"] and via_update["status"] == "in_progress"
-        noted = structured(await client.call_tool("update_task", {"id": "b", "claim_token": via_update["claim_token"],
-                                                                  "note": "halfway", "priority": 0}))
+        noted = structured(
+            await client.call_tool(
+                "update_task", {"id": "b", "claim_token": via_update["claim_token"], "note": "halfway", "priority": 0}
+            )
+        )
         assert noted["status"] == "in_progress"
         released = structured(await client.call_tool("release_task", {"id": "b", "caller": "w2"}))
         assert released["status"] == "active"
@@ -101,7 +109,9 @@ async def supervised_scenario(root, token: str, backend: str):
         assert handed["id"] == "mine" and handed["claim_token"] == token and handed["status"] == "in_progress"
         again = structured(await client.call_tool("claim_next_task", {"caller": "model", "task_id": "mine"}))
         assert again["claim_token"] == token
-        done = structured(await client.call_tool("complete_task", {"id": "mine", "claim_token": token, "summary": "ok"}))
+        done = structured(
+            await client.call_tool("complete_task", {"id": "mine", "claim_token": token, "summary": "ok"})
+        )
         assert done["status"] == "done"
         lost = error_text(await client.call_tool("claim_next_task", {"caller": "model"}))
         assert "claim lost" in lost

@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 
 from conftest import REPO
+
 from hypervisor import gate, hookinput, mcp_server, rules, tracker
 
 PACKAGE = REPO / "src" / "hypervisor"
@@ -36,9 +37,14 @@ def test_tool_names_are_spelled_only_in_rules():
 def test_the_mcp_status_literal_is_rules_statuses():
     assert typing.get_args(mcp_server.Status) == rules.STATUSES
     tree = ast.parse((PACKAGE / "mcp_server.py").read_text(encoding="utf-8"))
-    spelled = [node.lineno for node in ast.walk(tree)
-               if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Literal"
-               and any(isinstance(c, ast.Constant) and c.value in rules.STATUSES for c in ast.walk(node.slice))]
+    spelled = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "Literal"
+        and any(isinstance(c, ast.Constant) and c.value in rules.STATUSES for c in ast.walk(node.slice))
+    ]
     assert not spelled, f"mcp_server.py spells the statuses out again on line(s) {spelled}"
 
 
@@ -53,4 +59,3 @@ def test_every_user_takes_the_names_from_rules():
         call = hookinput.parse(f'{{"hook_event_name": "{"PostToolUse" if host == "claude" else "AfterTool"}", '
                                f'"tool_name": "{prefix}claim_next_task", "cwd": "/"}}', {})  # fmt: skip
         assert call.task_tool == rules.MCP_CLAIM_TOOL, host
-

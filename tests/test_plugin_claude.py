@@ -9,6 +9,7 @@ import subprocess
 from claude_cli import hermetic_env, run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, last_tool_result, last_tool_result_json, text, tool_names, tool_results, tool_use
+
 from hypervisor import taskfile
 from hypervisor.mcp_server import TOOL_NAMES
 
@@ -47,9 +48,15 @@ def test_a_scripted_model_claims_and_completes_a_task_through_the_plugin(claude,
     script = [
         tool_use(PREFIX + "claim_next_task", {"caller": "main", "task_id": "t1"}),
         tool_use(PREFIX + "claim_next_task", {"caller": "intruder", "task_id": "t1"}),
-        lambda request: tool_use(PREFIX + "complete_task", {
-            "id": "t1", "claim_token": json.loads(tool_results(request)[-2]["text"])["claim_token"],
-            "summary": "Wrote the release notes for 0.1.0", "commit": "abc1234"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "complete_task",
+            {
+                "id": "t1",
+                "claim_token": json.loads(tool_results(request)[-2]["text"])["claim_token"],
+                "summary": "Wrote the release notes for 0.1.0",
+                "commit": "abc1234",
+            },
+        ),  # fmt: skip
         lambda request: text("TASK COMPLETE: t1 " + last_tool_result(request)),
     ]
     with FakeModel(script) as model:
@@ -73,9 +80,14 @@ def test_pull_skill_runs_in_the_main_session(claude, tmp_path, cpu_hog):
     project, tasks = project_with_tasks(tmp_path)
     script = [
         tool_use(PREFIX + "claim_next_task", {"caller": "main", "task_id": "t2"}),
-        lambda request: tool_use(PREFIX + "block_task", {
-            "id": "t2", "claim_token": last_tool_result_json(request)["claim_token"],
-            "reason": "the footer text is not in this repository"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "block_task",
+            {
+                "id": "t2",
+                "claim_token": last_tool_result_json(request)["claim_token"],
+                "reason": "the footer text is not in this repository",
+            },
+        ),  # fmt: skip
         text("TASK BLOCKED: t2: the footer text is not in this repository"),
     ]
     with FakeModel(script) as model:

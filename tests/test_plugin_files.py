@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 import re
-import tomllib
+from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
+from conftest import REPO
 from mcp import Client
 
-from conftest import REPO
 from hypervisor.mcp_server import SERVER_NAME, build_server
 from hypervisor.store import TaskStore
 from hypervisor.taskqueue import TaskQueue
@@ -21,8 +21,13 @@ CLAUDE_PREFIX = f"mcp__plugin_hypervisor_{SERVER_NAME}__"
 GEMINI_PREFIX = f"mcp_{SERVER_NAME}_"
 GEMINI_ROOT = REPO / "gemini"  # its own root: Gemini reads <root>/hooks/hooks.json, which at REPO is Claude's
 TEXT_FILES = sorted(
-    [*REPO.glob("prompts/*.md"), *REPO.glob("skills/*/SKILL.md"), *REPO.glob("agents/*.md"),
-     *GEMINI_ROOT.glob("commands/**/*.toml"), GEMINI_ROOT / "GEMINI.md"]  # fmt: skip
+    [
+        *REPO.glob("prompts/*.md"),
+        *REPO.glob("skills/*/SKILL.md"),
+        *REPO.glob("agents/*.md"),
+        *GEMINI_ROOT.glob("commands/**/*.toml"),
+        GEMINI_ROOT / "GEMINI.md",
+    ]  # fmt: skip
 )
 
 
@@ -56,7 +61,7 @@ def test_every_tool_name_is_one_the_server_exposes(path, exposed):
     other = set(re.findall(r"\bmcp__(?!plugin_)\w+", text))
     assert not other, f"{path}: {other} is spelled neither as Claude Code nor as Gemini names MCP tools"
     is_gemini = "gemini" in path.name or path.suffix == ".toml" or path.name == "GEMINI.md"
-    assert (gemini if is_gemini else claude), f"{path} names no task_manager tool in its host's spelling"
+    assert gemini if is_gemini else claude, f"{path} names no task_manager tool in its host's spelling"
     if is_gemini:
         assert not claude, f"{path} is read by Gemini but uses Claude Code tool names {claude}"
     else:
@@ -133,10 +138,10 @@ def test_each_cli_has_its_own_hooks_file_with_its_events_matchers_and_timeout_un
     gemini = _hook_commands(GEMINI_ROOT / "hooks/hooks.json")
     assert {event for event, _, _ in claude} == {"PreToolUse", "PostToolUse", "PostToolUseFailure"}
     assert {event for event, _, _ in gemini} == {"BeforeTool", "AfterTool"}
-    for event, matcher, hook in claude:
+    for _event, _matcher, hook in claude:
         assert 1 <= hook["timeout"] <= 60, "Claude Code hook timeouts are seconds"
         assert '"${CLAUDE_PLUGIN_ROOT}/hooks/tool_hook.py"' in hook["command"] and " -S " in hook["command"]
-    for event, matcher, hook in gemini:
+    for _event, _matcher, hook in gemini:
         assert hook["timeout"] >= 1000, "Gemini CLI hook timeouts are milliseconds"
         assert (REPO / _expand(hook["command"].split('"')[1])).resolve() == REPO / "hooks/tool_hook.py"
     pre = {matcher for event, matcher, _ in claude + gemini if event in ("PreToolUse", "BeforeTool")}

@@ -8,10 +8,10 @@ import json
 import re
 
 import pytest
-
 from claude_cli import run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, Lane, first_user_text, is_subagent, last_tool_result, text, tool_results, tool_use
+
 from hypervisor.hooks import pull_prompt
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
@@ -52,17 +52,30 @@ def test_a_worker_started_with_pull_claims_exactly_that_task(claude, tmp_path, c
     spelled_out = pull_prompt(command, "t2", extra)
     worker = [
         lambda request: tool_use(PREFIX + "claim_next_task", {"caller": "w1", "task_id": task_id_from_prompt(request)}),
-        lambda request: tool_use(PREFIX + "complete_task", {
-            "id": claim_result(request)["id"], "claim_token": claim_result(request)["claim_token"],
-            "summary": "Did the pulled task"}),  # fmt: skip
+        lambda request: tool_use(
+            PREFIX + "complete_task",
+            {
+                "id": claim_result(request)["id"],
+                "claim_token": claim_result(request)["claim_token"],
+                "summary": "Did the pulled task",
+            },
+        ),  # fmt: skip
         lambda request: text("TASK COMPLETE: t2 " + last_tool_result(request)),
     ]
     prompt = f"{command} t2" + (f" {extra}" if extra else "")
     main = [
-        tool_use("Agent", {"description": "pull t2", "prompt": prompt, "subagent_type": "hypervisor:worker",
-                           "run_in_background": False}),  # fmt: skip
+        tool_use(
+            "Agent",
+            {
+                "description": "pull t2",
+                "prompt": prompt,
+                "subagent_type": "hypervisor:worker",
+                "run_in_background": False,
+            },
+        ),  # fmt: skip
         text("MAIN-DONE"),
     ]
+
     def told_to_pull(request: dict) -> bool:
         return is_subagent(request) and spelled_out in first_user_text(request)
 

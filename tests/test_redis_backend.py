@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 import redis
-
 from conftest import REPO, free_port, make_queue, run_cli, write_task
+
 from hypervisor.errors import ClaimRefused, NothingToClaim
 from hypervisor.timeutil import now
 
@@ -105,7 +105,9 @@ def test_an_unreachable_server_or_a_bad_spec_is_named_with_what_to_do(root):
     secret = f"redis://worker:s3cret@127.0.0.1:{free_port()}/0"
     result = run_cli("claim", "--caller", "w1", "--tasks", str(root), "--backend", secret)
     assert "cannot reach Redis at redis://worker:***@127.0.0.1:" in result.stderr and "s3cret" not in result.stderr
-    result = run_cli("claim", "--caller", "w1", "--tasks", str(root), env={"HYPERVISOR_BACKEND": url + "?namespace=a b"})
+    result = run_cli(
+        "claim", "--caller", "w1", "--tasks", str(root), env={"HYPERVISOR_BACKEND": url + "?namespace=a b"}
+    )
     assert "namespace 'a b' is not allowed" in result.stderr
     assert (root / "a.md").read_text() == before, "nothing may change when the backend is unusable"
 
@@ -198,8 +200,14 @@ def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
     )
     for rel, event, denied in (("models/a.sql", "PreToolUse", False), ("docs/a.md", "PreToolUse", True),
                                ("models/a.sql", "PostToolUse", False)):  # fmt: skip
-        result = subprocess.run([sys.executable, "-S", "-c", code, str(REPO / "src")], timeout=60, env=env,
-                                input=json.dumps(write_payload(project, rel, event)), capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", code, str(REPO / "src")],
+            timeout=60,
+            env=env,
+            input=json.dumps(write_payload(project, rel, event)),
+            capture_output=True,
+            text=True,
+        )
         verdict, modules = result.stdout.rstrip("\n").rsplit("\n", 1)
         assert ("outside the scope" in verdict) == denied and not result.stderr, result.stdout + result.stderr
         loaded = set(modules.split())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import REPO, free_port, make_queue, running_redis, write_task
+
 from hypervisor.errors import BackendError
 from hypervisor.redisclaims import RedisClaims, light_address
 
@@ -26,8 +26,9 @@ HOOK = [sys.executable, "-S", str(REPO / "hooks" / "tool_hook.py")]
 def openssl(*args: str, cwd: Path) -> None:
     exe = shutil.which("openssl")
     if exe is None:
-        pytest.fail("the openssl command is not installed: the TLS tests make their certificates with it",
-                    pytrace=False)
+        pytest.fail(
+            "the openssl command is not installed: the TLS tests make their certificates with it", pytrace=False
+        )
     subprocess.run([exe, *args], cwd=cwd, check=True, capture_output=True, timeout=120)
 
 
@@ -57,8 +58,18 @@ def tls_server(tmp_path_factory) -> tuple[int, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("redis-tls")
     pki = make_pki(folder / "pki")
     tls_port = free_port()
-    extra = ("--tls-port", str(tls_port), "--tls-cert-file", str(pki["server.pem"]), "--tls-key-file",
-             str(pki["server.key"]), "--tls-ca-cert-file", str(pki["ca.pem"]), "--tls-auth-clients", "optional")
+    extra = (
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(pki["server.pem"]),
+        "--tls-key-file",
+        str(pki["server.key"]),
+        "--tls-ca-cert-file",
+        str(pki["ca.pem"]),
+        "--tls-auth-clients",
+        "optional",
+    )
     with running_redis(folder, extra=extra):  # fmt: skip
         yield tls_port, pki
 

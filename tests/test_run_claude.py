@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import jsonschema
-
 from claude_cli import hermetic_env
 from conftest import write_task
 from fake_model import FakeModel, Lane, first_user_text, last_tool_result, text, tool_results, tool_use
+
 from hypervisor import taskfile
 from hypervisor.runs import summary_schema
 
@@ -151,7 +151,8 @@ def test_run_with_claude_workers_retries_dead_letters_kills_and_counts(claude, t
                 CRASH: "dead_letter", HANG: "dead_letter"}  # fmt: skip
     assert {t: e["status"] for t, e in entries.items()} == expected, described
     assert {t: e["attempts"] for t, e in entries.items()} == {
-        t: MAX_ATTEMPTS if t in (CRASH, FLAKY, HANG) else 1 for t in ALL}
+        t: MAX_ATTEMPTS if t in (CRASH, FLAKY, HANG) else 1 for t in ALL
+    }
     assert summary["counts"] == {"done": len(OK) + 1, "blocked": len(BLOCKED), "dead_letter": 2, "released": 0,
                                  "lost": 0, "interrupted": 0}  # fmt: skip
     assert summary["status"] == "finished"

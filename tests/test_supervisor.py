@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from conftest import write_task
+
 from hypervisor import rules
 from hypervisor.config import Config
 from hypervisor.errors import UsageError
@@ -241,9 +241,7 @@ def test_batch_by_ids_and_project(fp, root, tmp_path):
     queue = make_queue(root)
     fp.register([AGENT, fp.any()], callback=completes(queue), occurrences=5)
     assert [e["task_id"] for e in supervise(queue, project_dir=str(tmp_path), ids=["b"]).run()["workers"]] == ["b"]
-    assert [e["task_id"] for e in supervise(queue, project_dir=str(tmp_path), project="web").run()["workers"]] == [
-        "a"
-    ]
+    assert [e["task_id"] for e in supervise(queue, project_dir=str(tmp_path), project="web").run()["workers"]] == ["a"]
 
 
 def test_an_expired_claim_is_reclaimed_and_reported(fp, root, tmp_path):

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import HYPERVISOR, make_queue, run_cli, write_task
+
 from hypervisor.runs import load_run, validate_summary
 from hypervisor.taskfile import read_doc
 from hypervisor.timeutil import now

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import free_port, make_queue, running_redis
-from hypervisor.store import TaskStore
 from test_concurrency import make_store
+
+from hypervisor.store import TaskStore
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TASKS = 2000
