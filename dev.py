@@ -56,7 +56,7 @@ def setup() -> None:
 def compile_src() -> None:
     """Hash-checked .pyc files for src/hypervisor, for this python3 (the one hooks.json runs), even under
     PYTHONDONTWRITEBYTECODE: the hooks then start from bytecode in their first call."""
-    run(sys.executable, "-m", "hypervisor.bytecode", cwd=os.path.join(ROOT, "src"))
+    run(sys.executable, "-m", "hypervisor.core.bytecode", cwd=os.path.join(ROOT, "src"))
 
 
 def demo() -> None:

@@ -71,10 +71,13 @@ def source_fingerprint() -> str:
 
     package = os.path.dirname(hypervisor.__file__)
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(package)):
-        if name.endswith(".py"):
-            with open(os.path.join(package, name), "rb") as handle:
-                digest.update(name.encode() + b"\0" + handle.read())
+    for folder, subfolders, names in os.walk(package):  # in a fixed order: subfolders sorted in place
+        subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as handle:
+                    digest.update(os.path.relpath(path, package).encode() + b"\0" + handle.read())
     return digest.hexdigest()[:12]
 
 

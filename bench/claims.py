@@ -69,7 +69,7 @@ def redis_spec(url: str) -> str:
 def hv_worker(root: str, spec: str, name: str, ready, go, budget: float, results) -> None:
     """Loop claim_next() on backend `spec` until NothingToClaim (or the time budget runs out); report the ids."""
     try:
-        from hypervisor.errors import NothingToClaim
+        from hypervisor.core.errors import NothingToClaim
 
         queue = open_queue(root, spec)
         queue.events_cursor()  # Redis: import redis-py (~0.3 s) and connect before the clock, like the imports above
@@ -99,9 +99,9 @@ def hv_worker(root: str, spec: str, name: str, ready, go, budget: float, results
 
 def open_queue(root: str, spec: str):
     """A TaskQueue on `root` with its claims on backend `spec` (named here, so HYPERVISOR_BACKEND cannot change it)."""
-    from hypervisor.claimstore import open_claims
-    from hypervisor.store import TaskStore
-    from hypervisor.taskqueue import TaskQueue
+    from hypervisor.claims.backend import open_claims
+    from hypervisor.claims.queue import TaskQueue
+    from hypervisor.tasks.store import TaskStore
 
     store = TaskStore(root)
     return TaskQueue(store, claims=open_claims(spec, store.state))
@@ -255,7 +255,7 @@ def check_events(events: list[dict], expected: list[str]) -> dict:
 
 def prepared_copy(template: str, workdir: str) -> str:
     """A fresh copy of the store, its index built before the clock starts, as a prior `hypervisor list` would have."""
-    from hypervisor.store import TaskStore
+    from hypervisor.tasks.store import TaskStore
 
     root = fresh_copy(template, workdir)
     if ARGS.index:
@@ -421,7 +421,7 @@ def profile_drain(template: str, workdir: str, backend: str) -> dict:
     import cProfile
     import pstats
 
-    from hypervisor.errors import NothingToClaim
+    from hypervisor.core.errors import NothingToClaim
 
     root = prepared_copy(template, workdir)
     spec = backend if backend == "file" else redis_spec(backend)

@@ -73,14 +73,17 @@ class Plugin(NamedTuple):
     hook: list[str]
 
     @property
-    def pycache(self) -> str:
-        return os.path.join(self.root, "src", "hypervisor", "__pycache__")
+    def pycaches(self) -> list[str]:
+        """The __pycache__ of the package and of each of its subpackages."""
+        package = os.path.join(self.root, "src", "hypervisor")
+        return [os.path.join(folder, "__pycache__") for folder, subfolders, names in os.walk(package)
+                if "__init__.py" in names]  # fmt: skip
 
 
 def copy_plugin(folder: str, pycache_possible: bool = True) -> Plugin:
     """hooks/tool_hook.py and src/hypervisor as an install has them: sources only, no bytecode yet.
 
-    `pycache_possible=False`: a file named __pycache__ stands where the folder would be, so no .pyc is ever read
+    `pycache_possible=False`: a file named __pycache__ stands where each folder would be, so no .pyc is ever read
     or written (the import system and the hook both fail on it quietly)."""
     os.makedirs(os.path.join(folder, "hooks"))
     shutil.copy(os.path.join(REPO, "hooks", "tool_hook.py"), os.path.join(folder, "hooks"))
@@ -88,19 +91,21 @@ def copy_plugin(folder: str, pycache_possible: bool = True) -> Plugin:
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     plugin = Plugin(folder, [sys.executable, "-S", os.path.join(folder, "hooks", "tool_hook.py")])
     if not pycache_possible:
-        with open(plugin.pycache, "w", encoding="utf-8") as handle:
-            handle.write("not a folder: no bytecode here\n")
+        for pycache in plugin.pycaches:
+            with open(pycache, "w", encoding="utf-8") as handle:
+                handle.write("not a folder: no bytecode here\n")
     return plugin
 
 
 def hash_checked_pycs(plugin: Plugin) -> int:
-    """How many hash-checked .pyc files (PEP 552 flags 0b11) the copy's __pycache__ holds."""
-    if not os.path.isdir(plugin.pycache):
-        return 0
+    """How many hash-checked .pyc files (PEP 552 flags 0b11) the copy's __pycache__ folders hold."""
     count = 0
-    for name in os.listdir(plugin.pycache):
-        with open(os.path.join(plugin.pycache, name), "rb") as handle:
-            count += name.endswith(".pyc") and int.from_bytes(handle.read(16)[4:8], "little") == 0b11
+    for pycache in plugin.pycaches:
+        if not os.path.isdir(pycache):
+            continue
+        for name in os.listdir(pycache):
+            with open(os.path.join(pycache, name), "rb") as handle:
+                count += name.endswith(".pyc") and int.from_bytes(handle.read(16)[4:8], "little") == 0b11
     return count
 
 

@@ -106,8 +106,8 @@ def timed_run(cmd: list[str], cwd: str) -> float:
 
 def hv_in_process(root: str) -> tuple[float, dict, int]:
     """Seconds for the work of `list --status active` in this process: load index, refresh, summaries, sort, filter."""
-    from hypervisor import rules
-    from hypervisor.store import TaskStore
+    from hypervisor.core import rules
+    from hypervisor.tasks.store import TaskStore
 
     start = time.perf_counter()
     store = TaskStore(root)

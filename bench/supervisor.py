@@ -43,8 +43,8 @@ WORKER = """import time
 first = time.time_ns()
 import os, sys
 sys.path[:0] = [{src!r}, {site!r}]
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.tasks.store import TaskStore
+from hypervisor.claims.queue import TaskQueue
 env = os.environ
 TaskQueue(TaskStore(env["HYPERVISOR_TASKS"])).complete(env["HYPERVISOR_TASK_ID"], token=env["HYPERVISOR_CLAIM_TOKEN"],
                                                        summary="bench")
@@ -79,7 +79,7 @@ def build_project(parent: str, count: int, extra: int = 0) -> tuple[str, str]:
     """(project dir, task root) under a new folder of `parent`: `count` ready tasks (inbox) and `extra` done ones
     (in the store, not in the batch), spread over SUBFOLDERS folders; .hypervisor/index.json prebuilt, as any
     earlier hypervisor command leaves it (else every worker would read the whole store)."""
-    from hypervisor.store import TaskStore
+    from hypervisor.tasks.store import TaskStore
 
     project = tempfile.mkdtemp(prefix="round-", dir=parent)
     root = os.path.join(project, "tasks")
@@ -117,8 +117,8 @@ def run_supervisor(project: str, root: str, argv: list[str], env: dict, profile_
 
 def run_baseline(project: str, root: str, argv: list[str], env: dict) -> None:
     """Claim every task up front (not timed), then start the worker on each, one after another, with no supervisor."""
-    from hypervisor.store import TaskStore
-    from hypervisor.taskqueue import TaskQueue
+    from hypervisor.claims.queue import TaskQueue
+    from hypervisor.tasks.store import TaskStore
 
     queue = TaskQueue(TaskStore(root))
     claims = [queue.claim_next("bench-baseline", task_id=s["id"], lease_seconds=3600) for s in queue.ready()]

@@ -1,4 +1,4 @@
-"""Claude Code and Gemini CLI tool hook: the claim-before-edit gate and the worker log (see hypervisor.hooks)."""
+"""Claude Code and Gemini CLI tool hook: the claim-before-edit gate and the worker log (see hypervisor.hooks.edge)."""
 
 import os
 import sys
@@ -23,7 +23,7 @@ except (ImportError, AttributeError):
     _external = None
 
 try:
-    from hypervisor.hooks import main
+    from hypervisor.hooks.edge import main
 except Exception as error:  # noqa: BLE001 - a damaged install: the hook's contract is still exit 0, the call allowed
     why = " ".join(f"{type(error).__name__}: {error}".split())
     sys.stderr.write(
@@ -39,7 +39,7 @@ code = main()
 if compiled:
     try:
         sys.stdout.flush()  # the CLI has the answer before any compiling starts
-        from hypervisor.bytecode import compile_sources  # noted too, if it compiles from source
+        from hypervisor.core.bytecode import compile_sources  # noted too, if it compiles from source
     except Exception:  # noqa: BLE001 - the cache is a nicety: it never costs the session its answer
         compiled = []
 if _external is not None:

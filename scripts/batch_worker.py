@@ -39,12 +39,12 @@ except ImportError:  # not installed: use the package next to this script, never
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     import hypervisor  # noqa: F401
 
-from hypervisor.config import load_config, resolve_task_root
-from hypervisor.errors import HypervisorError, UsageError
-from hypervisor.rules import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
-from hypervisor.seedbatch import SeedBatch
-from hypervisor.seedqueue import BatchFolder
-from hypervisor.timeutil import parse_duration
+from hypervisor.core.config import load_config, resolve_task_root
+from hypervisor.core.errors import HypervisorError, UsageError
+from hypervisor.core.rules import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+from hypervisor.core.timeutil import parse_duration
+from hypervisor.triage.seedbatch import SeedBatch
+from hypervisor.triage.seedqueue import BatchFolder
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOTHING = 0, 1, 2, 3
 DEFAULT_BATCH = 50

@@ -17,13 +17,32 @@ import pytest
 import yaml
 from npm_tools import CLAUDE_CODE_VERSION, GEMINI_CLI_VERSION, cli_version, ensure_claude, ensure_gemini
 
-from hypervisor.claimstore import open_claims
-from hypervisor.config import Config
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.claims.backend import open_claims
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.core.config import Config
+from hypervisor.tasks.store import TaskStore
 
 REPO = Path(__file__).resolve().parent.parent
 HYPERVISOR = [sys.executable, "-m", "hypervisor"]
+
+# The one rule for what a hook call may load of the package (a prefix rule, not a list of modules): the light core,
+# the claim records and backends, and the hooks themselves. No task-file parser, queue, supervisor, triage or front.
+HOOK_PATH_PACKAGES = ("hypervisor.core", "hypervisor.hooks")
+HOOK_PATH_CLAIMS = ("records", "backend", "redisbackend", "resp", "workers")
+
+
+def on_hook_path(module: str) -> bool:
+    """Whether the hook path may load `module` (any module outside the package: yes, other tests ban those)."""
+    if module != "hypervisor" and not module.startswith("hypervisor."):
+        return True
+    if module in ("hypervisor", "hypervisor.claims") or module.startswith(tuple(p + "." for p in HOOK_PATH_PACKAGES)):
+        return True
+    return module in HOOK_PATH_PACKAGES or module in {f"hypervisor.claims.{name}" for name in HOOK_PATH_CLAIMS}
+
+
+def off_hook_path(modules) -> list[str]:
+    """The package's modules among `modules` the hook path may not load, sorted."""
+    return sorted(m for m in modules if not on_hook_path(m))
 
 
 def write_task(root: Path, task_id: str, body: str = "Some work.\n", folder: str = "", **fields) -> Path:

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import time
 
-from hypervisor.config import Config
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.core.config import Config
+from hypervisor.tasks.store import TaskStore
 
 
 def main() -> None:

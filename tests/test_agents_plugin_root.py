@@ -23,8 +23,8 @@ from conftest import REPO, write_task
 from gemini_cli import hermetic_gemini_env, link_extension, prepare_home
 from install_env import install_plugin, make_clone
 
-from hypervisor import agents
-from hypervisor.errors import UsageError
+from hypervisor.core.errors import UsageError
+from hypervisor.supervisor import agents
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ import os
 import pytest
 from conftest import run_cli, write_task
 
-from hypervisor.errors import InvalidTaskId
-from hypervisor.rules import check_task_id
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.core.errors import InvalidTaskId
+from hypervisor.core.rules import check_task_id
+from hypervisor.tasks.store import TaskStore
 
 BAD_IDS = ["../escape", "a/b", "..", "a..b", ".hidden", "a\x00b", "", "-dash", "x" * 129, "a\nb"]
 

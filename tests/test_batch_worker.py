@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hypervisor import taskfile
-from hypervisor.errors import HypervisorError
+from hypervisor.core.errors import HypervisorError
+from hypervisor.tasks import taskfile
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "batch_worker.py"
 STATS_KEYS = {"queue_total", "claimed", "stale", "completed", "errors", "dead_letter", "remaining"}
@@ -97,7 +97,7 @@ def iso(dt: datetime) -> str:
 def expire_lock(lock: Path) -> None:
     """Make a left-over lock's lease run out, as if its holder had died long ago: the store claim it records (the
     claim itself) and its owner.json copy of the lease."""
-    from hypervisor import claims
+    from hypervisor.claims import records as claims
 
     owner_path = lock / "owner.json"
     owner = json.loads(owner_path.read_text())
@@ -111,9 +111,9 @@ def expire_lock(lock: Path) -> None:
 
 def fake_lock(batch: Path, key: str, item: str, claimed_ago: timedelta, lease_left: timedelta) -> Path:
     """A claim of `item`'s task in its store by a worker that died, as a batch worker records it in locks/."""
-    from hypervisor import claims
-    from hypervisor.store import TaskStore
-    from hypervisor.taskqueue import TaskQueue
+    from hypervisor.claims import records as claims
+    from hypervisor.claims.queue import TaskQueue
+    from hypervisor.tasks.store import TaskStore
 
     target = dry_entry(batch, item)
     taken = TaskQueue(TaskStore(target["tasks"])).claim_next("dead-worker", task_id=target["task_id"])
@@ -393,9 +393,9 @@ def test_crashed_claims_count_toward_dead_letter(tmp_path: Path) -> None:
 def test_an_error_under_the_claim_releases_it_counting_the_attempt(tmp_path: Path, monkeypatch) -> None:
     """An error once the task is claimed goes back through the store: released with the attempt counted, and the
     --max-attempts'th error is the store's dead letter (blocked, reason max_attempts)."""
-    from hypervisor import seedbatch
-    from hypervisor.config import Config
-    from hypervisor.seedqueue import BatchFolder
+    from hypervisor.core.config import Config
+    from hypervisor.triage import seedbatch
+    from hypervisor.triage.seedqueue import BatchFolder
 
     batch = tmp_path / "batch"
     path = task(batch / "t" / "one.md", "title: Rename one\nproject: p")
@@ -546,8 +546,8 @@ def test_stats_json_shape_and_usage_errors(tmp_path: Path) -> None:
 
 
 def test_task_ids_resolve_through_the_store_and_use_its_lock(tmp_path: Path) -> None:
-    from hypervisor.store import TaskStore
-    from hypervisor.taskqueue import TaskQueue
+    from hypervisor.claims.queue import TaskQueue
+    from hypervisor.tasks.store import TaskStore
 
     root = tmp_path / "tasks"
     task(root / "proj" / "fix-typo.md", "title: Fix typo in docs\nproject: docs-site")

@@ -16,15 +16,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_task
-from test_hooks import BANNED, LIGHT_CORE
+from conftest import REPO, on_hook_path, write_task
+from test_hooks import BANNED
 
-from hypervisor.bytecode import CHECKED_HASH_FLAGS, is_current
+from hypervisor.core.bytecode import CHECKED_HASH_FLAGS, is_current
 
 WORKER = {"agent_id": "a0ab0affd383245c3", "agent_type": "hypervisor:worker"}
 DENIAL = "holds no claim"
 EDITED = "HOLDS NO CLAIM"  # the same length: the edit keeps gate.py's size
-HOOK_MODULES = {name.removeprefix("hypervisor.") for name in LIGHT_CORE} | {"__init__", "bytecode"}
+SOURCES = REPO / "src" / "hypervisor"
+
+
+def module_key(source: Path, package_folder: Path) -> str:
+    """A module's source path under the package, without .py: "__init__", "hooks/gate", "core/__init__"."""
+    return source.relative_to(package_folder).with_suffix("").as_posix()
+
+
+def module_name(key: str) -> str:
+    dotted = ".".join(["hypervisor", *key.split("/")])
+    return dotted.removesuffix(".__init__")
+
+
+# every module the hook path may load (conftest.on_hook_path), by key; core/bytecode among them
+HOOK_MODULES = {
+    key for key in (module_key(p, SOURCES) for p in SOURCES.rglob("*.py")) if on_hook_path(module_name(key))
+}
 
 
 def plugin_copy(folder: Path) -> Path:
@@ -40,8 +56,19 @@ def package(plugin: Path) -> Path:
     return plugin / "src" / "hypervisor"
 
 
-def pycache(plugin: Path) -> Path:
-    return package(plugin) / "__pycache__"
+def pycaches(plugin: Path) -> list[Path]:
+    """Every __pycache__ folder of the package and its subpackages."""
+    return sorted(p for p in package(plugin).rglob("__pycache__") if p.is_dir())
+
+
+def folders(plugin: Path) -> list[Path]:
+    """The package's folders (its subpackages too) and their __pycache__ folders: what a read-only install is."""
+    return sorted(p for p in [package(plugin), *package(plugin).rglob("*")] if p.is_dir())
+
+
+def pyc_key(pyc: Path, package_folder: Path) -> str:
+    """The module key (see module_key) of a .pyc in some __pycache__ of the package."""
+    return (pyc.parent.parent / pyc.name.split(".")[0]).relative_to(package_folder).as_posix()
 
 
 def make_project(folder: Path) -> Path:
@@ -84,9 +111,10 @@ def pyc_header(path: Path) -> int:
 
 
 def pycs(plugin: Path) -> dict[str, Path]:
-    """module name -> its .pyc in the package's __pycache__."""
-    folder = pycache(plugin)
-    return {p.name.split(".")[0]: p for p in folder.iterdir() if p.suffix == ".pyc"} if folder.is_dir() else {}
+    """module key (see module_key) -> its .pyc in the __pycache__ of the package or of a subpackage."""
+    return {
+        pyc_key(p, package(plugin)): p for folder in pycaches(plugin) for p in folder.iterdir() if p.suffix == ".pyc"
+    }
 
 
 def edit_keeping_size_and_mtime(path: Path, old: str, new: str) -> None:
@@ -106,7 +134,8 @@ def test_a_hook_under_dontwritebytecode_writes_hash_checked_pycs_and_then_runs_f
     first = run_hook(plugin, project)
     assert DENIAL in reason(first) and first.stderr == "", first
     written = pycs(plugin)
-    assert {"hooks", "hookinput", "gate", "__init__", "bytecode"} <= set(written) <= HOOK_MODULES, sorted(written)
+    assert {"hooks/edge", "hooks/payload", "hooks/gate", "__init__", "core/bytecode"} <= set(written) <= HOOK_MODULES, \
+        sorted(written)  # fmt: skip
     for name, pyc in written.items():
         assert pyc_header(pyc) == CHECKED_HASH_FLAGS, f"{name}: not a hash-checked .pyc"
         assert is_current(str(package(plugin) / f"{name}.py")), f"{name}: the .pyc does not match its source"
@@ -117,32 +146,34 @@ def test_a_hook_under_dontwritebytecode_writes_hash_checked_pycs_and_then_runs_f
     ours = [line for line in second.stderr.splitlines() if str(package(plugin)) in line]
     from_source = [line for line in ours if "code object from" in line and "__pycache__" not in line]
     assert not from_source, from_source
-    matched = {Path(line.split(" matches ")[1]).stem for line in ours if " matches " in line}
-    assert matched == set(written) - {"bytecode"}, "every module came from its .pyc"
-    assert "hypervisor.bytecode" not in second.stderr, "nothing to compile: the compiler is not even imported"
+    matched = {module_key(Path(line.split(" matches ")[1]), package(plugin)) for line in ours if " matches " in line}
+    assert matched == set(written) - {"core/bytecode"}, "every module came from its .pyc"
+    assert "hypervisor.core.bytecode" not in second.stderr, "nothing to compile: the compiler is not even imported"
     assert {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in pycs(plugin).items()} == stats, \
         "a .pyc was rewritten although it was current"  # fmt: skip
-    assert not [p for p in pycache(plugin).iterdir() if p.suffix != ".pyc"], "temporary files were left behind"
+    assert not [p for f in pycaches(plugin) for p in f.iterdir() if p.suffix != ".pyc"], (
+        "temporary files were left behind"
+    )
 
 
 def test_a_module_edited_after_compiling_runs_its_new_code(tmp_path):
     """Same size, same mtime: a timestamp .pyc (what Python writes itself) runs the old code; ours cannot."""
     project = make_project(tmp_path / "project")
     stale = plugin_copy(tmp_path / "timestamped")
-    for source in package(stale).glob("*.py"):
+    for source in package(stale).rglob("*.py"):
         py_compile.compile(str(source), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-    edit_keeping_size_and_mtime(package(stale) / "gate.py", DENIAL, EDITED)
+    edit_keeping_size_and_mtime(package(stale) / "hooks" / "gate.py", DENIAL, EDITED)
     assert DENIAL in reason(run_hook(stale, project)), "the control: a timestamp .pyc hides this edit"
 
     plugin = plugin_copy(tmp_path / "plugin")
     assert DENIAL in reason(run_hook(plugin, project))  # writes the hash-checked .pyc files
-    gate_pyc = pycs(plugin)["gate"]
+    gate_pyc = pycs(plugin)["hooks/gate"]
     old_pyc = gate_pyc.read_bytes()
-    edit_keeping_size_and_mtime(package(plugin) / "gate.py", DENIAL, EDITED)
+    edit_keeping_size_and_mtime(package(plugin) / "hooks" / "gate.py", DENIAL, EDITED)
     for run in range(2):
         result = run_hook(plugin, project)
         assert EDITED in reason(result) and DENIAL not in reason(result) and result.stderr == "", (run, result)
-    assert gate_pyc.read_bytes() != old_pyc and is_current(str(package(plugin) / "gate.py")), \
+    assert gate_pyc.read_bytes() != old_pyc and is_current(str(package(plugin) / "hooks" / "gate.py")), \
         "the hook compiled the edited module again"  # fmt: skip
 
 
@@ -182,12 +213,12 @@ def test_a_read_only_package_folder_does_not_disturb_the_hook(tmp_path, how):
     bare = plugin_copy(tmp_path / "bare")  # no __pycache__ at all, and none can be made
     stale = plugin_copy(tmp_path / "stale")  # hash-checked .pyc files, then gate.py edited, then read-only
     assert DENIAL in reason(run_hook(stale, project)) and pycs(stale)
-    edit_keeping_size_and_mtime(package(stale) / "gate.py", DENIAL, EDITED)
+    edit_keeping_size_and_mtime(package(stale) / "hooks" / "gate.py", DENIAL, EDITED)
     stale_before = {name: p.read_bytes() for name, p in pycs(stale).items()}
-    compile_code = ("import sys; sys.path.insert(0, sys.argv[1]); from hypervisor.bytecode import compile_package;"
+    compile_code = ("import sys; sys.path.insert(0, sys.argv[1]); from hypervisor.core.bytecode import compile_package;"
                     "print(len(compile_package(quiet=False)))")  # fmt: skip
     for plugin, want in ((bare, DENIAL), (stale, EDITED)):
-        with read_only([package(plugin), *([pycache(plugin)] if pycache(plugin).exists() else [])], how) as prefix:
+        with read_only(folders(plugin), how) as prefix:
             for dont_write in (True, False, True):
                 result = checked(run_hook(plugin, project, dont_write=dont_write, prefix=prefix))
                 assert want in reason(result) and result.stderr == "", (how, plugin.name, dont_write, result)
@@ -201,10 +232,12 @@ def test_a_read_only_package_folder_does_not_disturb_the_hook(tmp_path, how):
             )
             assert compiled.returncode == 0 and compiled.stdout == "0\n", compiled
             refused = compiled.stderr.splitlines()
-            assert len(refused) == 1 and "cannot write" in refused[0], "one refused write per folder, then quiet"
-    assert not pycache(bare).exists()
+            named = [Path(line.split(" ", 2)[1]).parent for line in refused]
+            assert refused and all("cannot write" in line for line in refused), refused
+            assert len(named) == len(set(named)), "one refused write per folder, then quiet"
+    assert not pycaches(bare)
     assert {name: p.read_bytes() for name, p in pycs(stale).items()} == stale_before
-    assert not [p for p in pycache(stale).iterdir() if p.suffix != ".pyc"]
+    assert not [p for f in pycaches(stale) for p in f.iterdir() if p.suffix != ".pyc"]
 
 
 def test_many_hooks_compiling_at_once_all_answer_and_leave_sound_pycs(tmp_path):
@@ -214,16 +247,18 @@ def test_many_hooks_compiling_at_once_all_answer_and_leave_sound_pycs(tmp_path):
     for result in results:
         assert DENIAL in reason(result) and result.stderr == "", result
     written = pycs(plugin)
-    assert {"hooks", "gate", "hookinput"} <= set(written)
+    assert {"hooks/edge", "hooks/gate", "hooks/payload"} <= set(written)
     assert all(is_current(str(package(plugin) / f"{name}.py")) for name in written)
-    assert not [p for p in pycache(plugin).iterdir() if p.suffix != ".pyc"], "temporary files were left behind"
+    assert not [p for f in pycaches(plugin) for p in f.iterdir() if p.suffix != ".pyc"], (
+        "temporary files were left behind"
+    )
 
 
 def test_compile_package_compiles_what_is_missing_or_stale_and_only_that(tmp_path):
     plugin = plugin_copy(tmp_path / "plugin")
     (package(plugin) / "broken.py").write_text("def broken(:\n")
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from hypervisor.bytecode import compile_package;"
-            "print(json.dumps([p.rsplit('/', 1)[1].split('.')[0] for p in compile_package(quiet=False)]))")  # fmt: skip
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from hypervisor.core.bytecode import compile_package;"
+            "print(json.dumps(compile_package(quiet=False)))")  # fmt: skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPYCACHEPREFIX", None)
 
@@ -231,20 +266,22 @@ def test_compile_package_compiles_what_is_missing_or_stale_and_only_that(tmp_pat
         result = subprocess.run([sys.executable, "-S", "-c", code, str(plugin / "src")], capture_output=True,
                                 text=True, env=env, timeout=120)  # fmt: skip
         assert result.returncode == 0, result
-        return json.loads(result.stdout), result.stderr
+        return [pyc_key(Path(p), package(plugin)) for p in json.loads(result.stdout)], result.stderr
 
-    sources = sorted(p.stem for p in package(plugin).glob("*.py"))
+    sources = sorted(module_key(p, package(plugin)) for p in package(plugin).rglob("*.py"))
     first, err = compile_now()
     assert sorted(first) == [name for name in sources if name != "broken"], first
     assert "broken.py not compiled: does not compile" in err and err.count("\n") == 1, err
     assert all(pyc_header(p) == CHECKED_HASH_FLAGS for p in pycs(plugin).values())
     assert compile_now()[0] == [], "everything current: nothing rewritten"
-    edit_keeping_size_and_mtime(package(plugin) / "gate.py", DENIAL, EDITED)
-    py_compile.compile(str(package(plugin) / "rules.py"), doraise=True,
+    edit_keeping_size_and_mtime(package(plugin) / "hooks" / "gate.py", DENIAL, EDITED)
+    py_compile.compile(str(package(plugin) / "core" / "rules.py"), doraise=True,
                        invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)  # fmt: skip
-    assert sorted(compile_now()[0]) == ["gate", "rules"], "the stale one, and the one that was not hash-checked"
+    assert sorted(compile_now()[0]) == ["core/rules", "hooks/gate"], (
+        "the stale one, and the one that was not hash-checked"
+    )
 
-    shown = subprocess.run([sys.executable, "-m", "hypervisor.bytecode"], cwd=plugin / "src", capture_output=True,
+    shown = subprocess.run([sys.executable, "-m", "hypervisor.core.bytecode"], cwd=plugin / "src", capture_output=True,
                            text=True, env=env, timeout=120)  # fmt: skip
     assert shown.returncode == 0 and "0 module(s)" in shown.stdout and "broken.py" in shown.stderr, shown
 
@@ -255,8 +292,7 @@ def test_the_hook_compiling_imports_only_the_standard_library_and_the_light_core
     assert DENIAL in reason(result)
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}  # fmt: skip
-    assert "hypervisor.bytecode" in imported and "py_compile" in imported, "the cold hook compiled"
-    ours = {name for name in imported if name.startswith("hypervisor.")}
-    assert ours <= LIGHT_CORE | {"hypervisor.bytecode"}, sorted(ours - LIGHT_CORE)
+    assert "hypervisor.core.bytecode" in imported and "py_compile" in imported, "the cold hook compiled"
+    assert not [name for name in imported if not on_hook_path(name)], sorted(imported)
     assert not {name for name in imported if name.split(".")[0] in BANNED}
     assert pycs(plugin), "and it wrote the .pyc files"

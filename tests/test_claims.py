@@ -8,9 +8,9 @@ import time
 import pytest
 from conftest import make_queue, write_task
 
-from hypervisor import taskfile
-from hypervisor.config import Config
-from hypervisor.errors import ClaimRefused, NothingToClaim, UsageError
+from hypervisor.core.config import Config
+from hypervisor.core.errors import ClaimRefused, NothingToClaim, UsageError
+from hypervisor.tasks import taskfile
 
 
 @pytest.fixture

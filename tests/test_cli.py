@@ -8,7 +8,7 @@ import shutil
 import pytest
 from conftest import REPO, run_cli, write_task
 
-from hypervisor import taskfile
+from hypervisor.tasks import taskfile
 
 
 @pytest.fixture

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from conftest import make_queue, write_task
 
-from hypervisor import taskfile
-from hypervisor.errors import ClaimRefused, NothingToClaim
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
-from hypervisor.timeutil import now
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.core.errors import ClaimRefused, NothingToClaim
+from hypervisor.core.timeutil import now
+from hypervisor.tasks import taskfile
+from hypervisor.tasks.store import TaskStore
 
 CLAIM_LOOP = """
 import json, sys
-from hypervisor.errors import NothingToClaim
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.core.errors import NothingToClaim
+from hypervisor.tasks.store import TaskStore
+from hypervisor.claims.queue import TaskQueue
 queue = TaskQueue(TaskStore(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.read(1)  # start line: every process is up before any claims
@@ -40,9 +40,9 @@ print(json.dumps(claimed))
 
 CLAIM_ONE = """
 import json, sys
-from hypervisor.errors import ClaimRefused, NothingToClaim
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.core.errors import ClaimRefused, NothingToClaim
+from hypervisor.tasks.store import TaskStore
+from hypervisor.claims.queue import TaskQueue
 queue = TaskQueue(TaskStore(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.read(1)
@@ -140,7 +140,7 @@ def test_write_killed_midway_leaves_the_old_file_intact(tmp_path, fault):
     path = write_task(root, "a", body="Body that must survive.\n" * 200, status="active", note="x")
     before = path.read_bytes()
     script = (
-        "import sys\nfrom hypervisor.store import TaskStore\nfrom hypervisor.taskqueue import TaskQueue\n"
+        "import sys\nfrom hypervisor.tasks.store import TaskStore\nfrom hypervisor.claims.queue import TaskQueue\n"
         "TaskQueue(TaskStore(sys.argv[1])).claim_next('w1')\n"
     )
     env = dict(os.environ, HYPERVISOR_FAULT=fault)
@@ -158,7 +158,7 @@ def test_task_file_write_killed_midway_keeps_the_old_task(tmp_path):
     path = write_task(root, "a", body="Body that must survive.\n" * 200, status="active")
     before = path.read_bytes()
     script = (
-        "import os, sys\nfrom hypervisor.store import TaskStore\n"
+        "import os, sys\nfrom hypervisor.tasks.store import TaskStore\n"
         "store = TaskStore(sys.argv[1])\n"
         "def change(summary, doc):\n"
         "    doc.set('status', 'review')\n"
@@ -173,7 +173,7 @@ def test_task_file_write_killed_midway_keeps_the_old_task(tmp_path):
 
 UPDATE_ONE_KEY = """
 import sys
-from hypervisor.store import TaskStore
+from hypervisor.tasks.store import TaskStore
 store = TaskStore(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.read(1)

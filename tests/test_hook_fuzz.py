@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_task
 
-from hypervisor.workers import Worker
+from hypervisor.claims.workers import Worker
 
 HOOK = [sys.executable, "-S", str(REPO / "hooks" / "tool_hook.py")]
 HOOK_TIMEOUT = 30.0  # seconds; hooks.json gives the CLI 10 s, a stuck hook is a hang either way

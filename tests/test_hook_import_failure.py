@@ -1,5 +1,5 @@
 """A damaged install never costs the agent's session its tool call: the real hook script, on a copy of the plugin
-whose hypervisor.hooks cannot be imported, exits 0, prints nothing on stdout (the call goes ahead) and says why on
+whose hypervisor.hooks.edge cannot be imported, exits 0, prints nothing on stdout (the call goes ahead) and says why on
 stderr."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from test_bytecode import make_project, package, plugin_copy, pycs, run_hook
 
 
 def break_by_syntax(plugin):
-    (package(plugin) / "hooks.py").write_text("def main(:\n    pass\n", encoding="utf-8")
+    (package(plugin) / "hooks" / "edge.py").write_text("def main(:\n    pass\n", encoding="utf-8")
 
 
 def break_by_removal(plugin):
-    (package(plugin) / "hooks.py").unlink()
+    (package(plugin) / "hooks" / "edge.py").unlink()
 
 
-def break_a_dependency(plugin):  # a module the hook imports on the way, not hooks.py itself
-    (package(plugin) / "gate.py").write_text("raise RuntimeError('half-written install')\n", encoding="utf-8")
+def break_a_dependency(plugin):  # a module the hook imports on the way, not hooks/edge.py itself
+    (package(plugin) / "hooks" / "gate.py").write_text("raise RuntimeError('half-written install')\n", encoding="utf-8")
 
 
-@pytest.mark.parametrize(("damage", "named"), [(break_by_syntax, "SyntaxError"), (break_by_removal, "hypervisor.hooks"),
+@pytest.mark.parametrize(("damage", "named"), [(break_by_syntax, "SyntaxError"), (break_by_removal, "hypervisor.hooks.edge"),
                                                (break_a_dependency, "half-written install")],
                          ids=["syntax-error", "missing", "a-dependency-raises"])  # fmt: skip
 @pytest.mark.parametrize("dont_write", [True, False], ids=["DONTWRITE", "bytecode-written"])

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_task
+from conftest import REPO, off_hook_path, write_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypervisor import claims, lightjson, workers
-from hypervisor.config import read_flat
-from hypervisor.hookinput import parse
-from hypervisor.hooks import run
-from hypervisor.rules import TASK_ID_PATTERN, is_task_id, scope_allows
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.claims import records as claims
+from hypervisor.claims import workers
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.core import lightjson
+from hypervisor.core.config import read_flat
+from hypervisor.core.rules import TASK_ID_PATTERN, is_task_id, scope_allows
+from hypervisor.hooks.edge import run
+from hypervisor.hooks.payload import parse
+from hypervisor.tasks.store import TaskStore
 
 HOOK = [sys.executable, "-S", str(REPO / "hooks/tool_hook.py")]
 CLAUDE_MCP = "mcp__plugin_hypervisor_task_manager__"
@@ -450,10 +452,6 @@ def test_unreadable_input_is_let_through_with_a_reason_on_stderr(project):
 
 
 BANNED = ("click", "jsonschema", "pydantic", "rich", "mcp", "yaml")
-LIGHT_CORE = {"hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker",
-              "hypervisor.lightjson", "hypervisor.workers", "hypervisor.claims", "hypervisor.config",
-              "hypervisor.rules", "hypervisor.errors", "hypervisor.fsutil", "hypervisor.timeutil",
-              "hypervisor.claimstore"}  # fmt: skip
 
 
 @pytest.mark.parametrize("flags", [["-S"], []], ids=["as-hooks.json-runs-it", "with-site-packages"])
@@ -462,7 +460,7 @@ def test_the_hook_modules_import_only_the_light_core(flags, project):
     (project.path / ".hypervisor.yaml").write_text("tasks: tasks\ngate: block\nlease: 30m\n")
     code = (
         "import io, json, os, sys; sys.path.insert(0, sys.argv[1]);"
-        "from hypervisor.hooks import run;"
+        "from hypervisor.hooks.edge import run;"
         "[run(io.BytesIO(p.encode()), io.StringIO(), io.StringIO(), os.environ) for p in json.loads(sys.argv[2])];"
         "print(json.dumps(sorted(sys.modules)))"
     )
@@ -481,8 +479,40 @@ def test_the_hook_modules_import_only_the_light_core(flags, project):
     modules = json.loads(result.stdout)
     loaded = sorted(m for m in modules if m.split(".")[0] in BANNED)
     assert not loaded, f"the hook imported {loaded}"
-    ours = {m for m in modules if m.startswith("hypervisor.")}
-    assert ours <= LIGHT_CORE, ours
+    assert not off_hook_path(modules), off_hook_path(modules)
+    assert workers.journal_summary(project.state, "t1", claimed["claim_token"])[1] == 2, "the calls did run"
+
+
+def imported_by(result: subprocess.CompletedProcess) -> set[str]:
+    """The modules a `python -X importtime` run imported, from what it wrote on stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_the_real_hook_script_loads_only_the_hook_path_for_every_kind_of_call(project):
+    """hooks/tool_hook.py as hooks.json starts it, one process a call: each kind of call loads nothing of the
+    package outside the hook path (conftest.on_hook_path) and none of the dependencies."""
+    (project.path / ".hypervisor.yaml").write_text("tasks: tasks\ngate: block\nlease: 30m\n")
+    claimed = project.queue.claim_next("w1", task_id="t1")
+    calls = [
+        ("post-claim", project.claude("PostToolUse", CLAUDE_MCP + "claim_next_task", {"caller": "w1"}, WORKER,
+                                      tool_response=json.dumps(claimed)), lambda out: out is None),
+        ("pre-allowed", project.write("models/orders/a.sql"), lambda out: out is None),
+        ("pre-denied", project.write("docs/a.md"), lambda out: "outside the scope" in denial(out)),
+        ("post-write", project.write("models/orders/a.sql", event="PostToolUse") | {"tool_response": {}},
+         lambda out: out is None),
+        ("agent-rewrite", project.claude("PreToolUse", "Agent", agent_input("/hypervisor:pull t2")),
+         lambda out: "updatedInput" in out["hookSpecificOutput"]),
+    ]  # fmt: skip
+    for kind, payload, expected in calls:
+        result = subprocess.run([*HOOK[:2], "-X", "importtime", *HOOK[2:]], input=json.dumps(payload),
+                                capture_output=True, text=True, env={**os.environ, **project.env},
+                                cwd=project.path, timeout=60)  # fmt: skip
+        assert result.returncode == 0, (kind, result.stderr)
+        assert expected(json.loads(result.stdout) if result.stdout.strip() else None), (kind, result.stdout)
+        modules = imported_by(result)
+        assert "hypervisor.hooks.edge" in modules, (kind, "the hook did not load the package", result.stderr)
+        assert not off_hook_path(modules), (kind, off_hook_path(modules))
+        assert not {m for m in modules if m.split(".")[0] in BANNED}, (kind, sorted(modules))
     assert workers.journal_summary(project.state, "t1", claimed["claim_token"])[1] == 2, "the calls did run"
 
 
@@ -491,7 +521,7 @@ def test_the_gate_path_loads_no_slow_standard_modules(project):
     (project.path / ".hypervisor.yaml").write_text("tasks: tasks\ngate: block\nlease: 30m\n")
     project.claim_as_worker("t1")
     code = (
-        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks import run;"
+        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks.edge import run;"
         "out = io.StringIO(); run(sys.stdin.buffer, out, sys.stderr, os.environ); print(out.getvalue());"
         "print(' '.join(sorted(sys.modules)))"
     )

@@ -69,7 +69,7 @@ def test_install_writes_settings_and_copies_the_plugin_without_a_venv(installed)
     assert cache.name == "0.1.0"
     needed = (".claude-plugin/plugin.json", ".claude-plugin/marketplace.json", ".mcp.json", "hooks/hooks.json",
               "hooks/tool_hook.py", "agents/worker.md", "scripts/launch.py", "requirements.lock",
-              "src/hypervisor/mcp_server.py")  # fmt: skip
+              "src/hypervisor/frontends/mcp_server.py")  # fmt: skip
     for name in needed:
         assert (cache / name).is_file(), (name, tree(cache, 1))
     assert not (cache / ".venv").exists() and not (cache / ".git").exists(), tree(cache, 1)

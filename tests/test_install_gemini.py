@@ -22,7 +22,7 @@ from fake_gemini import FakeGemini, call, function_responses, response_text, tex
 from gemini_cli import hermetic_gemini_env, prepare_home, run_gemini
 from install_env import make_clone
 
-from hypervisor import agents
+from hypervisor.supervisor import agents
 
 URL = "<hypervisor git URL>"
 README_COMMANDS = (

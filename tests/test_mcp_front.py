@@ -16,8 +16,8 @@ from conftest import REPO, write_task
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from hypervisor import mcp_handshake
-from hypervisor.mcp_server import TOOL_NAMES
+from hypervisor.frontends import mcp_handshake
+from hypervisor.frontends.mcp_server import TOOL_NAMES
 
 LAUNCH = str(REPO / "scripts" / "launch.py")
 BARE_PYTHON = getattr(sys, "_base_executable", sys.executable)  # the interpreter the venv was made from
@@ -90,7 +90,9 @@ def payload(result: dict) -> dict:
 def test_the_recorded_handshake_is_what_the_real_server_answers():
     recorded = mcp_handshake.load()["versions"]
     fresh = mcp_handshake.record(sys.executable)["versions"]
-    assert recorded == fresh, "run `python -m hypervisor.mcp_handshake` after changing a tool, and commit the file"
+    assert recorded == fresh, (
+        "run `python -m hypervisor.frontends.mcp_handshake` after changing a tool, and commit the file"
+    )
     tools = recorded["2025-11-25"]["tools/list"]["result"]["tools"]
     assert sorted(tool["name"] for tool in tools) == sorted(TOOL_NAMES)
 

@@ -11,8 +11,8 @@ from conftest import REPO, make_queue, write_task
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from hypervisor import taskfile
-from hypervisor.mcp_server import TOOL_NAMES
+from hypervisor.frontends.mcp_server import TOOL_NAMES
+from hypervisor.tasks import taskfile
 
 
 def server_params(root, backend: str = "file") -> StdioServerParameters:

@@ -1,4 +1,4 @@
-"""The statuses and the MCP tool names are written once, in hypervisor.rules (light core: the hooks use them too),
+"""The statuses and the MCP tool names are written once, in hypervisor.core.rules (light core: the hooks use them too),
 and every other module takes them from there: a rename in one place can never leave a second spelling behind."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from pathlib import Path
 
 from conftest import REPO
 
-from hypervisor import gate, hookinput, mcp_server, rules, tracker
+from hypervisor.core import rules
+from hypervisor.frontends import mcp_server
+from hypervisor.hooks import gate, tracker
+from hypervisor.hooks import payload as hookinput
 
 PACKAGE = REPO / "src" / "hypervisor"
 
@@ -28,7 +31,7 @@ def test_tool_names_are_spelled_only_in_rules():
     name elsewhere, such as a release reason "update_task", is a value of its own.)"""
     qualified = {f"mcp__plugin_hypervisor_task_manager__{tool}" for tool in rules.MCP_TOOLS}
     qualified |= {f"mcp_task_manager_{tool}" for tool in rules.MCP_TOOLS} | {rules.MCP_CLAIM_TOOL}
-    found = [f"{path.name}:{line}: {value!r}" for path in sorted(PACKAGE.glob("*.py")) if path.name != "rules.py"
+    found = [f"{path.name}:{line}: {value!r}" for path in sorted(PACKAGE.rglob("*.py")) if path.name != "rules.py"
              for line, value, listed in string_constants(path)
              if value in qualified or (listed and value in rules.MCP_TOOLS)]  # fmt: skip
     assert not found, "tool names written outside rules.py: " + ", ".join(found)
@@ -36,7 +39,7 @@ def test_tool_names_are_spelled_only_in_rules():
 
 def test_the_mcp_status_literal_is_rules_statuses():
     assert typing.get_args(mcp_server.Status) == rules.STATUSES
-    tree = ast.parse((PACKAGE / "mcp_server.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "frontends" / "mcp_server.py").read_text(encoding="utf-8"))
     spelled = [
         node.lineno
         for node in ast.walk(tree)

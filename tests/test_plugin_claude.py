@@ -10,8 +10,8 @@ from claude_cli import hermetic_env, run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, last_tool_result, last_tool_result_json, text, tool_names, tool_results, tool_use
 
-from hypervisor import taskfile
-from hypervisor.mcp_server import TOOL_NAMES
+from hypervisor.frontends.mcp_server import TOOL_NAMES
+from hypervisor.tasks import taskfile
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 

@@ -13,9 +13,9 @@ import yaml
 from conftest import REPO
 from mcp import Client
 
-from hypervisor.mcp_server import SERVER_NAME, build_server
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.claims.queue import TaskQueue
+from hypervisor.frontends.mcp_server import SERVER_NAME, build_server
+from hypervisor.tasks.store import TaskStore
 
 CLAUDE_PREFIX = f"mcp__plugin_hypervisor_{SERVER_NAME}__"
 GEMINI_PREFIX = f"mcp_{SERVER_NAME}_"

@@ -12,7 +12,7 @@ from claude_cli import run_claude
 from conftest import REPO, write_task
 from fake_model import FakeModel, Lane, first_user_text, is_subagent, last_tool_result, text, tool_results, tool_use
 
-from hypervisor.hooks import pull_prompt
+from hypervisor.hooks.edge import pull_prompt
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 

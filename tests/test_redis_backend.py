@@ -12,16 +12,12 @@ import uuid
 
 import pytest
 import redis
-from conftest import REPO, free_port, make_queue, run_cli, write_task
+from conftest import REPO, free_port, make_queue, off_hook_path, run_cli, write_task
 
-from hypervisor.errors import ClaimRefused, NothingToClaim
-from hypervisor.timeutil import now
+from hypervisor.core.errors import ClaimRefused, NothingToClaim
+from hypervisor.core.timeutil import now
 
 HOOK = [sys.executable, "-S", str(REPO / "hooks/tool_hook.py")]
-LIGHT_CORE = {"hypervisor", "hypervisor.hooks", "hypervisor.hookinput", "hypervisor.gate", "hypervisor.tracker",
-              "hypervisor.lightjson", "hypervisor.workers", "hypervisor.claims", "hypervisor.config",
-              "hypervisor.rules", "hypervisor.errors", "hypervisor.fsutil", "hypervisor.timeutil",
-              "hypervisor.claimstore", "hypervisor.redisclaims", "hypervisor.resp"}  # fmt: skip
 
 
 def wait_until(condition, what: str, timeout: float = 60.0) -> None:
@@ -168,7 +164,7 @@ def test_the_redis_hook_path_loads_only_the_light_core(tmp_path, spec):
     claimed = make_queue(project / "tasks", spec).claim_next("supervisor", task_id="t1")
     code = (
         "import io, json, os, sys; sys.path.insert(0, sys.argv[1]);"
-        "from hypervisor.hooks import run;"
+        "from hypervisor.hooks.edge import run;"
         "[run(io.BytesIO(p.encode()), io.StringIO(), io.StringIO(), os.environ) for p in json.loads(sys.argv[2])];"
         "print(json.dumps(sorted(sys.modules)))"
     )
@@ -181,8 +177,27 @@ def test_the_redis_hook_path_loads_only_the_light_core(tmp_path, spec):
     assert result.returncode == 0, result.stderr
     modules = set(json.loads(result.stdout))
     assert "redis" not in modules and "yaml" not in modules
-    assert {m for m in modules if m.startswith("hypervisor")} <= LIGHT_CORE
-    assert "hypervisor.resp" in modules, "the hook never talked to Redis"
+    assert not off_hook_path(modules), off_hook_path(modules)
+    assert "hypervisor.claims.resp" in modules, "the hook never talked to Redis"
+
+
+def test_the_real_hook_script_on_redis_loads_only_the_hook_path(tmp_path, spec):
+    """hooks/tool_hook.py, one process a call, against Redis: nothing of the package outside conftest.on_hook_path."""
+    project = tmp_path / "project"
+    write_task(project / "tasks", "t1", status="active", scope=["models/**"])
+    claimed = make_queue(project / "tasks", spec).claim_next("supervisor", task_id="t1")
+    env = {"PATH": os.environ["PATH"], "CLAUDE_PROJECT_DIR": str(project), "HYPERVISOR_BACKEND": spec,
+           "HYPERVISOR_WORKER": "1", "HYPERVISOR_TASK_ID": "t1", "HYPERVISOR_CLAIM_TOKEN": claimed["claim_token"]}  # fmt: skip
+    for rel, event in (("models/a.sql", "PreToolUse"), ("docs/a.md", "PreToolUse"), ("models/a.sql", "PostToolUse")):
+        result = subprocess.run([*HOOK[:2], "-X", "importtime", *HOOK[2:]], capture_output=True, text=True,
+                                input=json.dumps(write_payload(project, rel, event)), env=env, timeout=60)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert ("outside the scope" in result.stdout) == (rel == "docs/a.md"), result.stdout
+        modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                   if line.startswith("import time:")}  # fmt: skip
+        assert "hypervisor.claims.resp" in modules, "the hook never talked to Redis"
+        assert not off_hook_path(modules), off_hook_path(modules)
+        assert not {m for m in modules if m.split(".")[0] in ("redis", "yaml")}, sorted(modules)
 
 
 def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
@@ -194,7 +209,7 @@ def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
     env = {**os.environ, "CLAUDE_PROJECT_DIR": str(project), "HYPERVISOR_BACKEND": spec, "HYPERVISOR_WORKER": "1",
            "HYPERVISOR_TASK_ID": "t1", "HYPERVISOR_CLAIM_TOKEN": claimed["claim_token"]}  # fmt: skip
     code = (
-        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks import run;"
+        "import io, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks.edge import run;"
         "out = io.StringIO(); run(sys.stdin.buffer, out, sys.stderr, os.environ); print(out.getvalue());"
         "print(' '.join(sorted(sys.modules)))"
     )
@@ -211,7 +226,7 @@ def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
         verdict, modules = result.stdout.rstrip("\n").rsplit("\n", 1)
         assert ("outside the scope" in verdict) == denied and not result.stderr, result.stdout + result.stderr
         loaded = set(modules.split())
-        assert "hypervisor.resp" in loaded, "the hook never talked to Redis"
+        assert "hypervisor.claims.resp" in loaded, "the hook never talked to Redis"
         slow = {"urllib", "urllib.parse", "re", "hashlib", "socket", "json", "typing", "datetime", "redis"} & loaded
         assert not slow, f"the Redis hook path imported {sorted(slow)}"
 
@@ -222,7 +237,7 @@ def test_the_redis_gate_path_loads_no_slow_standard_modules(tmp_path, spec):
 def test_the_hooks_read_redis_urls_as_redis_py_does(url):
     from redis.connection import parse_url
 
-    from hypervisor.redisclaims import light_address
+    from hypervisor.claims.redisbackend import light_address
 
     theirs = parse_url(url)
     ours = light_address(url)

@@ -17,8 +17,8 @@ import pytest
 import redis
 from conftest import REPO, free_port, make_queue, running_redis, write_task
 
-from hypervisor.errors import BackendError
-from hypervisor.redisclaims import RedisClaims, light_address
+from hypervisor.claims.redisbackend import RedisClaims, light_address
+from hypervisor.core.errors import BackendError
 
 HOOK = [sys.executable, "-S", str(REPO / "hooks" / "tool_hook.py")]
 
@@ -143,7 +143,7 @@ def test_the_tls_hook_path_loads_no_redis_py(tmp_path, url):
     write_task(project / "tasks", "t1", status="active", scope=["models/**"])
     claimed = make_queue(project / "tasks", url).claim_next("supervisor", task_id="t1")
     code = (
-        "import io, json, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks import run;"
+        "import io, json, os, sys; sys.path.insert(0, sys.argv[1]); from hypervisor.hooks.edge import run;"
         "out, err = io.StringIO(), io.StringIO(); run(sys.stdin.buffer, out, err, os.environ);"
         "print(json.dumps([out.getvalue(), err.getvalue(), sorted(sys.modules)]))"
     )
@@ -154,7 +154,7 @@ def test_the_tls_hook_path_loads_no_redis_py(tmp_path, url):
     assert result.returncode == 0, result.stderr
     out, err, modules = json.loads(result.stdout)
     assert "outside the scope of task t1" in out and err == "", (out, err)
-    assert "hypervisor.resp" in modules and "ssl" in modules
+    assert "hypervisor.claims.resp" in modules and "ssl" in modules
     assert not {m for m in modules if m.split(".")[0] in ("redis", "yaml", "site")}, "redis-py or site loaded"
 
 

@@ -20,8 +20,8 @@ from claude_cli import hermetic_env
 from conftest import write_task
 from fake_model import FakeModel, Lane, first_user_text, last_tool_result, text, tool_results, tool_use
 
-from hypervisor import taskfile
-from hypervisor.runs import summary_schema
+from hypervisor.supervisor.runs import summary_schema
+from hypervisor.tasks import taskfile
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 HYPERVISOR = str(Path(sys.executable).with_name("hypervisor"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from hypervisor import rules
-from hypervisor.schema import load_schema, task_schema
+from hypervisor.core import rules
+from hypervisor.tasks.schema import load_schema, task_schema
 
 
 def test_shipped_schema_matches_the_rules():
-    assert load_schema() == task_schema(), "regenerate: python -m hypervisor.schema > src/hypervisor/task.schema.json"
+    assert load_schema() == task_schema(), (
+        "regenerate: python -m hypervisor.tasks.schema > src/hypervisor/tasks/task.schema.json"
+    )
     assert load_schema()["properties"]["status"]["enum"] == list(rules.STATUSES)
 
 

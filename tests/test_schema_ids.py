@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypervisor import rules
-from hypervisor.schema import load_schema, task_schema
+from hypervisor.core import rules
+from hypervisor.tasks.schema import load_schema, task_schema
 
 TRICKY = ["abc\n", "abc\n\n", "abc\r\n", "abc\r", "\nabc", "a\x00", "a\u2028", "a..b", "a.b", "..", "-a", ".a",
           "_a", "a-", "a.", "a" * 127, "a" * 128, "a" * 129, "1" * 128 + "\n", "\u0661\u0662\u0663", "a\u0661",

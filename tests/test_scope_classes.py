@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hypervisor.rules import _match_name, scope_allows
+from hypervisor.core.rules import _match_name, scope_allows
 
 # The characters that steer fnmatch's class parser, a few members for the ranges, and characters that mean something
 # to the regular expression fnmatch builds (which must mean nothing here).

@@ -13,19 +13,19 @@ import jsonschema
 import pytest
 from conftest import write_task
 
-from hypervisor import rules
-from hypervisor.config import Config
-from hypervisor.errors import UsageError
-from hypervisor.runs import load_run, summary_schema
-from hypervisor.store import TaskStore
-from hypervisor.supervisor import RunOptions, Supervisor, exit_code
-from hypervisor.taskfile import read_doc
+from hypervisor.core import rules
+from hypervisor.core.config import Config
+from hypervisor.core.errors import UsageError
+from hypervisor.supervisor.loop import RunOptions, Supervisor, exit_code
+from hypervisor.supervisor.runs import load_run, summary_schema
+from hypervisor.tasks.store import TaskStore
+from hypervisor.tasks.taskfile import read_doc
 
 AGENT = "/fake/agent"  # a path: the command agent's PATH check is skipped, and pytest-subprocess answers for it
 
 
 def make_queue(root: Path, max_attempts: int = 3):
-    from hypervisor.taskqueue import TaskQueue
+    from hypervisor.claims.queue import TaskQueue
 
     return TaskQueue(TaskStore(str(root)), Config(max_attempts=max_attempts))
 
@@ -300,7 +300,7 @@ def test_run_state_on_disk_and_status_view(fp, root, tmp_path):
 
 
 def test_a_dead_supervisor_is_reported_dead(root):
-    from hypervisor.runs import RunFolder
+    from hypervisor.supervisor.runs import RunFolder
 
     folder = RunFolder(str(root / ".hypervisor"), "20260101-000000-abcd")
     folder.create()
@@ -326,8 +326,8 @@ def test_bad_options_are_refused_with_what_is_allowed(options, message):
 
 
 def test_summary_schema_refuses_a_bad_summary():
-    from hypervisor.errors import HypervisorError
-    from hypervisor.runs import validate_summary
+    from hypervisor.core.errors import HypervisorError
+    from hypervisor.supervisor.runs import validate_summary
 
     with pytest.raises(HypervisorError, match="workers/0"):
         validate_summary({"run_id": "r", "started_at": "2026-01-01T00:00:00Z", "runtime_seconds": 1, "total_tokens": 0,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import HYPERVISOR, make_queue, run_cli, write_task
 
-from hypervisor.runs import load_run, validate_summary
-from hypervisor.taskfile import read_doc
-from hypervisor.timeutil import now
+from hypervisor.core.timeutil import now
+from hypervisor.supervisor.runs import load_run, validate_summary
+from hypervisor.tasks.taskfile import read_doc
 
 WORKER = str(Path(__file__).with_name("scripted_worker.py"))
 SCRIPTED = f"{sys.executable} {WORKER} task"

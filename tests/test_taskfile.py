@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hypervisor import taskfile
-from hypervisor.errors import TaskFileError
+from hypervisor.core.errors import TaskFileError
+from hypervisor.tasks import taskfile
 
 ORIGINAL = (
     "---\n"

@@ -22,7 +22,7 @@ import redis
 from conftest import free_port, make_queue, running_redis
 from test_concurrency import make_store
 
-from hypervisor.store import TaskStore
+from hypervisor.tasks.store import TaskStore
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TASKS = 2000
@@ -33,9 +33,9 @@ RACE_WAIT_SECONDS = 600
 # Run by each claim process: connect, say it is ready, wait for the start file, claim until nothing is left.
 WORKER = """
 import json, os, sys, time
-from hypervisor.errors import NothingToClaim
-from hypervisor.store import TaskStore
-from hypervisor.taskqueue import TaskQueue
+from hypervisor.core.errors import NothingToClaim
+from hypervisor.tasks.store import TaskStore
+from hypervisor.claims.queue import TaskQueue
 root, caller, ready, start = sys.argv[1:5]
 queue = TaskQueue(TaskStore(root))
 queue.claims.ping()  # connected before the start, so the server lists where every worker talks from

@@ -1,5 +1,5 @@
 """`python -m hypervisor` runs the CLI."""
 
-from .cli import main
+from .frontends.cli import main
 
 main()

@@ -1,0 +1,190 @@
+"""The `task_manager` MCP server: the queue's eight tools over stdio; the only module that imports `mcp`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from .. import __version__
+from ..claims import workers
+from ..claims.queue import TaskQueue
+from ..core import rules
+from ..core.errors import HypervisorError, NothingToClaim
+
+SERVER_NAME = rules.MCP_SERVER
+TOOL_NAMES = rules.MCP_TOOLS  # each a function below, named so (tests/test_mcp_server.py holds the two together)
+
+INSTRUCTIONS = (
+    "A shared queue of markdown tasks worked by several agents at once. Claim a task before working on it "
+    "(claim_next_task), keep the claim_token it returns, and end with complete_task or block_task using that token. "
+    "Never edit a task file by hand; never work on a task you have not claimed."
+)
+
+Status = Literal[rules.STATUSES]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
+TaskId = Annotated[str, Field(description="The task's id (its file name without .md, unless the file sets id:).")]
+Token = Annotated[
+    str | None, Field(description="The claim_token that claim_next_task returned. Needed to change a claimed task.")
+]
+Caller = Annotated[
+    str | None,
+    Field(description="Your worker name. May stand in for claim_token when you hold the live claim yourself."),
+]
+
+READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+
+
+def _for_model(error: HypervisorError) -> ToolError:
+    """A refusal as a tool error whose text tells the model what to do next."""
+    text = str(error)
+    if isinstance(error, NothingToClaim):
+        text += ". Stop: there is no work for you; report that the queue is empty."
+    return ToolError(text)
+
+
+class _Queue:
+    """The queue the tools use, opened on first use: a project with no task root yet still gets a server whose
+    every call says how to make one, and works once it exists."""
+
+    def __init__(self, source: TaskQueue | Callable[[], TaskQueue]) -> None:
+        self._queue = source if isinstance(source, TaskQueue) else None
+        self._open = source
+
+    def __getattr__(self, name: str) -> Any:
+        if self._queue is None:
+            self._queue = self._open()
+        return getattr(self._queue, name)
+
+
+def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, str] | None = None) -> MCPServer:
+    """An MCPServer whose tools call `queue` (or the queue a callable opens on first use, raising HypervisorError
+    until it can); every HypervisorError becomes a tool error, once, here.
+
+    Started inside a supervised worker (`env` holds HYPERVISOR_TASK_ID and HYPERVISOR_CLAIM_TOKEN), claim_next_task
+    hands over the claim the supervisor made for it instead of claiming anything else."""
+    supervised = workers.supervised_claim(os.environ if env is None else env)
+    # WARNING: a refusal is an answer to the model, not something for the MCP log (INFO logs each one).
+    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
+    queue = _Queue(queue)
+
+    def call(function: str | Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run a queue method (by name) or a function; a refusal becomes a tool error."""
+        try:
+            if isinstance(function, str):
+                function = getattr(queue, function)
+            return function(*args, **kwargs)
+        except HypervisorError as error:
+            raise _for_model(error) from None
+
+    @server.tool(annotations=READ_ONLY)
+    def list_tasks(
+        status: Annotated[Status | None, Field(description="Only tasks in this status.")] = None,
+        project: Annotated[str | None, Field(description="Only tasks of this project.")] = None,
+        assignee: Annotated[str | None, Field(description="Only tasks assigned to this name.")] = None,
+        ready: Annotated[bool, Field(description="Only tasks that can be claimed now, in queue order.")] = False,
+        limit: Annotated[int, Field(description="At most this many tasks.", ge=1, le=1000)] = 50,
+    ) -> dict:
+        """List tasks in queue order (priority, then created, then id), with their status, project and assignee."""
+
+        def run() -> dict:
+            items, _ = queue.listing([status] if status else (), project=project, assignee=assignee, ready=ready)
+            return {"count": len(items), "tasks": items[:limit]}
+
+        return call(run)
+
+    @server.tool(annotations=READ_ONLY)
+    def get_task(id: TaskId) -> dict:  # noqa: A002 - the public argument name
+        """Get one task: its fields, its markdown body, and whether it is claimed and by whom."""
+
+        def run() -> dict:
+            summary, doc = queue.store.read(queue.store.find(id))
+            return {**summary, "body": doc.body, "claim": queue.claim_view(id)}
+
+        return call(run)
+
+    @server.tool(annotations=WRITES)
+    def claim_next_task(
+        caller: Annotated[str, Field(description="Your worker name, e.g. worker-3. Recorded as the assignee.")],
+        task_id: Annotated[str | None, Field(description="Claim this task instead of the next ready one.")] = None,
+        project: Annotated[str | None, Field(description="Claim the next ready task of this project.")] = None,
+        batch: Annotated[list[str] | None, Field(description="Claim the next ready task among these ids only.")] = None,
+    ) -> dict:
+        """Claim a task atomically: exactly one caller wins. Returns the task plus claim_token and lease_expires_at.
+
+        Keep the claim_token: complete_task, block_task, release_task and update_task need it. If this fails, do not
+        retry in a loop: claim another task or stop.
+        """
+        if supervised is not None:
+            if task_id not in (None, supervised[0]):
+                raise ToolError(
+                    f"you were started by the hypervisor supervisor for task {supervised[0]}, which is already "
+                    f"claimed for you: call claim_next_task with task_id {supervised[0]!r} and work only on it"
+                )
+            return call("handed_over", *supervised)
+        return call("claim_next", caller, task_id=task_id, project=project, ids=batch)
+
+    @server.tool(annotations=WRITES)
+    def update_task(
+        id: TaskId,  # noqa: A002
+        claim_token: Token = None,
+        caller: Caller = None,
+        status: Annotated[
+            Status | None,
+            Field(
+                description="New status. in_progress claims the task for caller; use complete_task/block_task "
+                "to finish or block."
+            ),  # fmt: skip
+        ] = None,
+        assignee: Annotated[str | None, Field(description="New assignee.")] = None,
+        priority: Annotated[int | None, Field(description="New priority, 0 (highest) to 4.", ge=0, le=4)] = None,
+        note: Annotated[str | None, Field(description="A note to append under '## Notes' in the task body.")] = None,
+    ) -> dict:
+        """Change a task's status, assignee or priority, or add a note. A claimed task needs its claim_token."""
+        return call("update", id, token=claim_token, caller=caller, status=status, assignee=assignee,
+                    priority=priority, note=note)  # fmt: skip
+
+    @server.tool(annotations=WRITES)
+    def complete_task(
+        id: TaskId,  # noqa: A002
+        summary: Annotated[str, Field(description="What you did, in one or two sentences, for the worker log.")],
+        claim_token: Token = None,
+        caller: Caller = None,
+        commit: Annotated[str | None, Field(description="The commit SHA holding your work, if any.")] = None,
+    ) -> dict:
+        """Mark your claimed task done and log the summary in its body. Only after the work is really finished."""
+        return call("complete", id, token=claim_token, caller=caller, summary=summary, commit=commit)
+
+    @server.tool(annotations=WRITES)
+    def block_task(
+        id: TaskId,  # noqa: A002
+        reason: Annotated[str, Field(description="What stops the task, so a person can act on it.")],
+        claim_token: Token = None,
+        caller: Caller = None,
+    ) -> dict:
+        """Mark your claimed task blocked with a reason. Use it at the first real obstacle instead of retrying."""
+        return call("block", id, token=claim_token, caller=caller, reason=reason)
+
+    @server.tool(annotations=WRITES)
+    def release_task(id: TaskId, claim_token: Token = None, caller: Caller = None) -> dict:  # noqa: A002
+        """Give your claimed task back to the queue unfinished, for someone else to pick up."""
+        return call("release", id, token=claim_token, caller=caller, reason="release_task")
+
+    @server.tool(annotations=READ_ONLY)
+    def get_index_stats(
+        include_projects: Annotated[bool, Field(description="Add counts per project.")] = False,
+    ) -> dict:
+        """Count tasks by status, plus how many are ready, claimed, and invalid."""
+        return call("stats", by_project=include_projects)
+
+    return server
+
+
+def serve(queue: TaskQueue | Callable[[], TaskQueue]) -> None:
+    """Serve the tools on stdio until the client closes the connection."""
+    build_server(queue).run("stdio")

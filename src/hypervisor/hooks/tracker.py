@@ -1,0 +1,39 @@
+"""The post-tool log: bind a new claim to its worker, renew the holder's lease, journal the files it edits."""
+
+from __future__ import annotations
+
+import os
+
+from ..claims import workers
+from ..core import rules
+from .gate import HookContext, held_claim, relative
+from .payload import ToolCall
+
+TYPE_CHECKING = False  # typing costs a hook 4 ms to import; annotations are never evaluated
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+CLAIMING_TOOLS = rules.MCP_CLAIMING_TOOLS
+
+
+def track(call: ToolCall, env: Mapping[str, str], context: HookContext) -> None:
+    """Everything the post hook records for one finished tool call; nothing at all for a non-holder."""
+    state = context.state
+    if not os.path.isdir(state):
+        return
+    if call.task_tool in CLAIMING_TOOLS and not call.failed:
+        claimed = call.response_object() or {}
+        task_id, token = claimed.get("id"), claimed.get("claim_token")
+        if isinstance(task_id, str) and isinstance(token, str):
+            workers.bind(state, call.worker, task_id, token)
+    held = held_claim(state, call, env)
+    if held is None:
+        return
+    task_id, token, from_env = held
+    claim = context.claims.renew_unlocked(task_id, token, worker=call.worker.label)
+    if claim is None:
+        if not from_env:
+            workers.unbind(state, call.worker)  # completed, blocked, released or taken over: gate it again
+        return
+    files = [] if call.failed else [relative(path, context.project_dir) for path in call.paths]
+    workers.record_call(state, task_id, token, call.raw_tool, files, bool(call.failed))

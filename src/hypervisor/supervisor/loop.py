@@ -1,0 +1,590 @@
+"""`hypervisor run`: claim tasks for N worker processes, watch them, read outcomes from the store, replace them."""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from ..claims import workers
+from ..claims.backend import ENV_BACKEND
+from ..claims.queue import TaskQueue
+from ..core import rules
+from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound, UsageError
+from ..core.timeutil import humanize, iso, now
+from .agents import Agent, Job, agent_for
+from .runs import RunFolder, new_run_id
+
+MAX_WORKERS = 32
+KILL_GRACE_SECONDS = 5.0
+RENEW_EVERY_MAX = 60.0
+ISOLATIONS = ("none", "worktree")
+FAILED = ("dead_letter", "lost", "interrupted")
+
+
+class RunOptions:
+    """What `hypervisor run` was asked to do."""
+
+    def __init__(self, workers: int = 4, agent: str = "triage", ids: list[str] | None = None,
+                 project: str | None = None, timeout: float = 30 * 60, isolation: str = "none",
+                 project_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS) -> None:  # fmt: skip
+        if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise UsageError(f"--workers {workers!r} is not allowed: use 1 to {MAX_WORKERS}")
+        if isolation not in ISOLATIONS:
+            raise UsageError(f"--isolation {isolation!r} is not allowed: use {' or '.join(ISOLATIONS)}")
+        if timeout <= 0:
+            raise UsageError(f"--timeout {timeout!r} is not allowed: give a positive duration such as 30m")
+        self.workers = workers
+        self.agent = agent
+        self.ids = ids
+        self.project = project
+        self.timeout = timeout
+        self.isolation = isolation
+        self.project_dir = os.path.abspath(project_dir or os.getcwd())
+        self.kill_grace = kill_grace
+
+
+class Attempt:
+    """One worker process on one claimed task."""
+
+    def __init__(self, slot: int, worker: str, claim: dict, number: int, log: str, workdir: str,
+                 events_offset: object) -> None:  # fmt: skip
+        self.slot = slot
+        self.worker = worker
+        self.task_id: str = claim["id"]
+        self.title: str = claim.get("title") or claim["id"]
+        self.token: str = claim["claim_token"]
+        self.number = number
+        self.log = log
+        self.workdir = workdir
+        self.events_offset = events_offset
+        self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None
+        self.started = time.monotonic()
+        self.started_at = now()
+        self.deadline = 0.0
+        self.next_renewal = 0.0
+        self.kill_reason: str | None = None
+        self.term_sent: float | None = None
+        self.kill_sent = False
+        self.claim_gone = False
+
+    def view(self) -> dict:
+        return {"slot": self.slot, "worker": self.worker, "task_id": self.task_id, "title": self.title,
+                "attempt": self.number, "pid": self.proc.pid if self.proc else None,
+                "started_at": iso(self.started_at), "log": self.log}  # fmt: skip
+
+
+class TaskEntry:
+    """What the run did with one task over all its attempts: one `workers[]` entry of summary.json."""
+
+    def __init__(self, task_id: str, title: str) -> None:
+        self.task_id = task_id
+        self.title = title
+        self.worker = ""
+        self.status = "running"
+        self.text = ""
+        self.commit: str | None = None
+        self.branch: str | None = None
+        self.tokens = 0
+        self.duration_s = 0.0
+        self.attempts = 0
+        self.logs: list[str] = []
+        self.exit_codes: list[int | None] = []
+
+    def to_json(self) -> dict:
+        out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
+        out["outcome" if self.status == "done" else "reason"] = self.text or self.status
+        out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
+                   attempts=self.attempts, log=self.logs[-1] if self.logs else "", logs=self.logs,
+                   exit_codes=self.exit_codes)  # fmt: skip
+        return out
+
+
+class NullProgress:
+    """The progress interface: the supervisor reports to it; it shows nothing."""
+
+    def begin(self, supervisor: Supervisor) -> None: ...
+    def started(self, attempt: Attempt) -> None: ...
+    def finished(self, attempt: Attempt, entry: TaskEntry, retry: bool) -> None: ...
+    def note(self, text: str) -> None: ...
+    def refresh(self, supervisor: Supervisor) -> None: ...
+    def end(self, summary: dict) -> None: ...
+
+
+class Supervisor:
+    """Runs one batch: preflight, then keeps `workers` agent processes busy until the batch is empty."""
+
+    def __init__(self, queue: TaskQueue, options: RunOptions, progress: NullProgress | None = None,
+                 agent: Agent | None = None) -> None:  # fmt: skip
+        self.queue = queue
+        self.options = options
+        self.agent = agent or agent_for(options.agent)
+        self.progress = progress or NullProgress()
+        self.run_id = new_run_id()
+        self.folder = RunFolder(queue.store.state, self.run_id)
+        self.max_attempts = queue.config.max_attempts
+        self.lease = queue.config.lease_seconds
+        self.renew_every = min(self.lease / 3, RENEW_EVERY_MAX)
+        self.exits: queue_module.Queue = queue_module.Queue()
+        self.running: dict[int, Attempt] = {}
+        self.entries: dict[str, TaskEntry] = {}
+        self.finished: set[str] = set()
+        self.eligible: set[str] = set()
+        self.preflight_report: dict = {}
+        self.reclaimed: list[dict] = []
+        self.invalid: list[str] = []
+        self._state_changed = False
+        self._prepared = False
+        self.started_at = now()
+        self.started = time.monotonic()
+        self.draining = False
+        self.aborting = False
+        self.worktrees = None
+        self._suffix = self.run_id[-4:]
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def preflight(self) -> dict:
+        """What the batch holds: ready tasks in order, and what is skipped and why (claims nothing)."""
+        return self.queue.preflight(ids=self.options.ids, project=self.options.project)
+
+    def prepare(self) -> None:
+        """Everything that can fail before a claim is made: the agent's binary and files, the git repository."""
+        if self._prepared:
+            return
+        self._prepared = True
+        self.agent.check()
+        if self.options.isolation == "worktree":
+            from .worktrees import Worktrees
+
+            self.worktrees = Worktrees(self.options.project_dir, self.run_id)
+
+    def run(self, report: dict | None = None) -> dict:
+        """Run the batch to its end (or a drain) and return the summary, also written to summary.json.
+
+        `report`: this batch's preflight, if the caller just made it (it walks the whole store)."""
+        self.prepare()
+        self.queue.store.ensure_state()
+        report = self.preflight_report = report or self.preflight()
+        self.queue.store.save_index()  # so each worker process re-reads only the files that change
+        self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
+        if self.invalid:
+            self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "
+                               "(`hypervisor validate` says why)")  # fmt: skip
+        waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
+        self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
+        self.folder.create()
+        self._write_state("running")
+        self.progress.begin(self)
+        restore = self._install_signals()
+        try:
+            while True:
+                if not self.draining:
+                    self._fill()
+                if self._state_changed:  # once per round of exits and starts, after the replacements started
+                    self._state_changed = False
+                    self._write_state("running")
+                if not self.running:
+                    break
+                self._wait()
+        finally:
+            restore()
+            if self.running:  # an error in the loop itself: stop the workers, give their tasks back
+                self.aborting = True
+                self._stop_all("the supervisor failed")
+                while self.running:
+                    self._wait()
+        status = "interrupted" if self.aborting else ("drained" if self.draining else "finished")
+        summary = self.summary(status)
+        self.folder.write_summary(summary)
+        self._write_state(status)
+        self.progress.end(summary)
+        return summary
+
+    def _fill(self) -> None:
+        while len(self.running) < self.options.workers and not self.draining:
+            candidates = self.eligible - self.finished - {a.task_id for a in self.running.values()}
+            if not candidates:
+                return
+            slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
+            worker = f"w{slot}-{self._suffix}"
+            try:
+                claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease)
+            except NothingToClaim:
+                return
+            if "reclaimed_from" in claim:
+                self.reclaimed.append({"task_id": claim["id"], "from": claim["reclaimed_from"]})
+            self._start(slot, worker, claim)
+
+    def _start(self, slot: int, worker: str, claim: dict) -> None:
+        task_id = claim["id"]
+        entry = self.entries.setdefault(task_id, TaskEntry(task_id, claim.get("title") or task_id))
+        entry.attempts += 1
+        entry.worker = worker
+        entry.status = "running"
+        log = self.folder.log_path(task_id, entry.attempts)
+        entry.logs.append(log)
+        attempt = Attempt(
+            slot, worker, claim, entry.attempts, log, self.options.project_dir, self.queue.events_cursor()
+        )
+        self.running[slot] = attempt
+        try:
+            if self.worktrees is not None:
+                attempt.workdir = self.worktrees.open(task_id)
+            self._spawn(attempt, claim)
+        except BaseException as error:
+            del self.running[slot]
+            self._give_back(attempt, count_attempt=False, reason=f"could not start the worker: {error}")
+            self._close_worktree(attempt, entry)
+            if not isinstance(error, (OSError, HypervisorError)):
+                raise
+            self._settle(entry, "released", f"could not start the worker: {error}")
+            self.progress.finished(attempt, entry, retry=False)
+            self._state_changed = True
+            return
+        self.progress.started(attempt)
+        self._state_changed = True
+
+    def _spawn(self, attempt: Attempt, claim: dict) -> None:
+        task_file = os.path.join(self.queue.store.root, claim["path"]) if claim.get("path") else ""
+        job = Job(attempt.task_id, attempt.title, task_file, attempt.token, attempt.worker,
+                  attempt.number, self.max_attempts, self.run_id, attempt.workdir)  # fmt: skip
+        argv = self.agent.argv(job)
+        env = dict(os.environ)
+        env.update(self.agent.env())
+        env.update({
+            workers.ENV_WORKER: "1",
+            workers.ENV_TASK_ID: attempt.task_id,
+            workers.ENV_CLAIM_TOKEN: attempt.token,
+            workers.ENV_CLAIM: attempt.token,  # for MCP servers under Gemini CLI
+            "HYPERVISOR_TASKS": self.queue.store.root,
+            ENV_BACKEND: self.queue.claims.spec,
+            "HYPERVISOR_RUN_ID": self.run_id,
+            "HYPERVISOR_WORKER_NAME": attempt.worker,
+        })  # fmt: skip
+        with open(attempt.log, "ab") as log:
+            log.write(f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
+                      f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n".encode())  # fmt: skip
+            log.flush()
+            proc = subprocess.Popen(argv, cwd=attempt.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        attempt.proc = proc
+        attempt.pgid = _own_group(proc)
+        attempt.started = time.monotonic()
+        attempt.deadline = attempt.started + self.options.timeout
+        attempt.next_renewal = attempt.started + self.renew_every
+        threading.Thread(target=self._await_exit, args=(attempt,), name=f"wait-{attempt.worker}", daemon=True).start()
+
+    def _await_exit(self, attempt: Attempt) -> None:
+        try:
+            code = attempt.proc.wait()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the exit must be reported whatever happened
+            code = None
+        self.exits.put((attempt, code))
+
+    def _wait(self) -> None:
+        """Handle the next worker exit, or the next timeout, renewal or signal, whichever comes first."""
+        moment = time.monotonic()
+        due = [a.deadline for a in self.running.values() if a.term_sent is None]
+        due += [a.term_sent + self.options.kill_grace for a in self.running.values() if a.term_sent and not a.kill_sent]
+        due += [a.next_renewal for a in self.running.values() if not a.claim_gone]
+        wait = max(0.0, min([moment + 0.5, *due]) - moment)
+        try:
+            attempt, code = self.exits.get(timeout=wait)
+        except queue_module.Empty:
+            pass
+        else:
+            self._finished(attempt, code)
+        self._tick()
+        self.progress.refresh(self)
+
+    def _tick(self) -> None:
+        if self.aborting:
+            self._stop_all("interrupted")
+        moment = time.monotonic()
+        for attempt in list(self.running.values()):
+            if attempt.term_sent is None and moment >= attempt.deadline:
+                attempt.kill_reason = f"killed at the {humanize(self.options.timeout)} timeout"
+                self.progress.note(f"{attempt.worker}: {attempt.task_id} {attempt.kill_reason}")
+                self._signal(attempt, signal.SIGTERM)
+                attempt.term_sent = moment
+            elif attempt.term_sent is not None and not attempt.kill_sent and \
+                    moment >= attempt.term_sent + self.options.kill_grace:  # fmt: skip
+                self._signal(attempt, signal.SIGKILL)
+                attempt.kill_sent = True
+            if not attempt.claim_gone and moment >= attempt.next_renewal:
+                attempt.next_renewal = moment + self.renew_every
+                try:
+                    self.queue.renew(attempt.task_id, token=attempt.token)
+                except HypervisorError:
+                    attempt.claim_gone = True  # finished by the worker, or lost: the exit tells which
+
+    def _stop_all(self, reason: str) -> None:
+        for attempt in self.running.values():
+            if attempt.term_sent is None:
+                attempt.kill_reason = reason
+                self._signal(attempt, signal.SIGTERM)
+                attempt.term_sent = time.monotonic()
+
+    def _signal(self, attempt: Attempt, sig: int) -> None:
+        """Signal the worker's whole process group (the agent and everything it started)."""
+        try:
+            if attempt.pgid is not None:
+                os.killpg(attempt.pgid, sig)
+            elif attempt.proc is not None:
+                attempt.proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- outcomes -----------------------------------------------------------------------------------------------
+    def _finished(self, attempt: Attempt, code: int | None) -> None:
+        self.running.pop(attempt.slot, None)
+        if attempt.pgid is not None:  # whatever the agent left running in its group goes with it
+            self._signal(attempt, signal.SIGKILL)
+        _kill_leftovers(attempt.token)
+        entry = self.entries[attempt.task_id]
+        entry.exit_codes.append(code)
+        entry.duration_s += time.monotonic() - attempt.started
+        entry.tokens += self.agent.tokens(attempt.log)
+        self._close_worktree(attempt, entry)
+        status, text, commit = self._outcome(attempt)
+        if commit and not entry.commit:
+            entry.commit = commit
+        retry = False
+        if status == "unfinished":
+            why = attempt.kill_reason or _describe_exit(code)
+            status, text, retry = self._after_failure(attempt, entry, why)
+        self._settle(entry, status, text, final=not retry)
+        self.progress.finished(attempt, entry, retry)
+        self._state_changed = True
+
+    def _after_failure(self, attempt: Attempt, entry: TaskEntry, why: str) -> tuple[str, str, bool]:
+        """The worker ended without an outcome: give the task back, retry it, or dead-letter it."""
+        if self.aborting:
+            self._give_back(attempt, count_attempt=False, reason=f"interrupted: {why}")
+            return "interrupted", f"run interrupted; the task was released ({why})", False
+        claim = self.queue.read_claim(attempt.task_id)
+        attempts = claim.attempts if claim else entry.attempts
+        if attempts >= self.max_attempts:
+            detail = f"{attempts} attempts, the last {why}"
+            try:
+                self.queue.dead_letter(attempt.task_id, attempt.token, detail, duration_s=entry.duration_s)
+            except HypervisorError as error:
+                return "lost", f"{why}; the dead letter failed: {error}", False
+            return "dead_letter", f"{rules.DEAD_LETTER_REASON}: {detail}", False
+        self._give_back(attempt, count_attempt=True, reason=why)
+        if self.draining:
+            return "released", f"{why}; released, not retried because the run was drained", False
+        return "released", f"{why}; released for another attempt", True
+
+    def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> None:
+        try:
+            self.queue.release(attempt.task_id, token=attempt.token, reason=reason, count_attempt=count_attempt)
+        except HypervisorError as error:
+            self.progress.note(f"{attempt.task_id}: could not release the claim: {error}")
+
+    def _outcome(self, attempt: Attempt) -> tuple[str, str, str | None]:
+        """(status, outcome or reason, commit) of an attempt, read from the store, never from the agent's word."""
+        store = self.queue.store
+        try:
+            try:  # the one file, read fresh; a rescan of the whole root only if it moved
+                summary, doc = store.read(store.find(attempt.task_id, refresh=False))
+            except TaskNotFound:
+                summary, doc = store.read(store.find(attempt.task_id))
+        except HypervisorError as error:
+            return "lost", f"the task cannot be read any more: {error}", None
+        claim = self.queue.read_claim(attempt.task_id)
+        if claim is not None and claim.token == attempt.token:
+            return "unfinished", "", None
+        status = summary["status"]
+        events = self._events_since(attempt)
+        commit = doc.data.get("commit") if isinstance(doc.data.get("commit"), str) else None
+        if status == "done":
+            return "done", _last_text(events, "completed", "text") or "done", commit
+        if status == "blocked":
+            reason = _last_text(events, "blocked", "text") or str(doc.data.get("blocked_reason") or "blocked")
+            if doc.data.get("blocked_reason") == rules.DEAD_LETTER_REASON:
+                return "dead_letter", _last_text(events, "dead_letter", "text") or reason, None
+            return "blocked", reason, None
+        if claim is not None:
+            return "lost", f"the claim was taken over by {claim.caller} (the lease expired)", None
+        if rules.is_status_claimable(status):
+            reason = _last_text(events, "released", "reason")
+            return "released", f"released by the worker: {reason}" if reason else "released by the worker", None
+        return "lost", f"the task is {status} with no claim: changed outside this run", None
+
+    def _settle(self, entry: TaskEntry, status: str, text: str, final: bool = True) -> None:
+        entry.status, entry.text = status, text
+        if final:
+            self.finished.add(entry.task_id)
+
+    def _close_worktree(self, attempt: Attempt, entry: TaskEntry) -> None:
+        if self.worktrees is None:
+            return
+        try:
+            branch, head = self.worktrees.close(attempt.task_id, attempt.worker)
+        except HypervisorError as error:
+            self.progress.note(f"{attempt.task_id}: worktree: {error}")
+            return
+        if branch:
+            entry.branch, entry.commit = branch, head
+
+    def _events_since(self, attempt: Attempt) -> list[dict]:
+        try:
+            events = self.queue.events(attempt.events_offset)
+        except HypervisorError:
+            return []
+        return [event for event in events if event.get("task") == attempt.task_id]
+
+    # -- signals ------------------------------------------------------------------------------------------------
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_interrupt(signum, frame) -> None:
+            if self.draining or signum == signal.SIGTERM:
+                self.aborting = self.draining = True
+                self.progress.note("stopping: the running workers are being stopped and their tasks released")
+            else:
+                self.draining = True
+                self.progress.note("draining: no new tasks; running workers finish "
+                                   "(Ctrl-C again stops them and releases their tasks)")  # fmt: skip
+
+        for sig in previous:
+            signal.signal(sig, on_interrupt)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def drain(self) -> None:
+        """Take no new tasks; let the running workers finish (what the first Ctrl-C does)."""
+        self.draining = True
+
+    # -- state on disk ------------------------------------------------------------------------------------------
+    def counts(self) -> dict:
+        counts = {name: 0 for name in ("done", "blocked", "dead_letter", "released", "lost", "interrupted")}
+        for task_id in self.finished:
+            counts[self.entries[task_id].status] += 1
+        counts["running"] = len(self.running)
+        counts["pending"] = len(self.eligible - self.finished - {a.task_id for a in self.running.values()})
+        return counts
+
+    def _write_state(self, status: str) -> None:
+        self.folder.write_state({
+            "run_id": self.run_id,
+            "status": status,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": iso(self.started_at),
+            "updated_at": iso(now()),
+            "agent": self.agent.name,
+            "workers": self.options.workers,
+            "isolation": self.options.isolation,
+            "task_root": self.queue.store.root,
+            "timeout_s": self.options.timeout,
+            "counts": self.counts(),
+            "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
+            "tasks": [entry.to_json() for entry in self.entries.values()],
+        })  # fmt: skip
+
+    def summary(self, status: str) -> dict:
+        report = self.preflight_report
+        skipped = report.get("skipped", {})
+        started = set(self.entries)
+        return {
+            "run_id": self.run_id,
+            "status": status,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(now()),
+            "runtime_seconds": round(time.monotonic() - self.started, 3),
+            "total_tokens": sum(entry.tokens for entry in self.entries.values()),
+            "agent": self.agent.name,
+            "isolation": self.options.isolation,
+            "task_root": self.queue.store.root,
+            "counts": {k: v for k, v in self.counts().items() if k not in ("running", "pending")},
+            "workers": [entry.to_json() for entry in self.entries.values()],
+            "skipped_preflight": {
+                "done": list(skipped.get("done", [])),
+                "cancelled": list(skipped.get("cancelled", [])),
+                "claimed": [item["id"] for item in skipped.get("claimed", [])],
+                "blocked_deps": [item["id"] for item in skipped.get("blocked_deps", []) if item["id"] not in started],
+                "other": [item["id"] for item in skipped.get("other", [])],
+                "missing": list(report.get("missing", [])),
+                "invalid": self.invalid,
+            },
+            "reclaimed": self.reclaimed,
+        }
+
+
+def exit_code(summary: dict) -> int:
+    """0: the batch ran; 1: a task was dead-lettered or lost; 130: interrupted."""
+    if summary.get("status") == "interrupted":
+        return 130
+    return 1 if any(entry["status"] in FAILED for entry in summary["workers"]) else 0
+
+
+def _own_group(proc) -> int | None:
+    """The worker's process group id if it leads its own (start_new_session), else None (never our own group)."""
+    pid = getattr(proc, "pid", 0)
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        group = os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return group if group == pid and group != os.getpgrp() else None
+
+
+def _kill_leftovers(token: str) -> None:
+    """SIGKILL what a finished worker left running outside its process group (Claude Code runs every Bash command
+    in a session of its own): the processes whose environment holds its HYPERVISOR_CLAIM_TOKEN. Linux (/proc) only."""
+    needle = f"{workers.ENV_CLAIM_TOKEN}={token}".encode()
+    for _ in range(3):  # again, in case one forked while it was being found
+        found = []
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                continue
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "ended without an exit status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} without finishing the task"
+    return f"exited with code {code} without finishing the task"
+
+
+def _last_text(events: list[dict], kind: str, field: str) -> str | None:
+    for event in reversed(events):
+        if event.get("event") == kind and isinstance(event.get(field), str) and event[field].strip():
+            return event[field]
+    return None

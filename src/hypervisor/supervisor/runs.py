@@ -1,0 +1,114 @@
+"""A supervisor run on disk: its folder under <state>/runs/, the live state file, the summary and its schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+
+from ..core import fsutil
+from ..core.errors import HypervisorError, UsageError
+
+RUNS_DIR = "runs"
+STATE_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+SUMMARY_SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "summary.schema.json")
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time (UTC) and does not collide: 20261123-101502-3f9a."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+class RunFolder:
+    """`<state>/runs/<run-id>/`: run.json (live state), summary.json (at the end), logs/<task>.<attempt>.log."""
+
+    def __init__(self, state: str, run_id: str) -> None:
+        self.run_id = run_id
+        self.path = os.path.join(state, RUNS_DIR, run_id)
+        self.state_path = os.path.join(self.path, STATE_FILE)
+        self.summary_path = os.path.join(self.path, SUMMARY_FILE)
+
+    def create(self) -> None:
+        os.makedirs(os.path.join(self.path, "logs"), exist_ok=True)
+
+    def log_path(self, task_id: str, attempt: int) -> str:
+        return os.path.join(self.path, "logs", f"{task_id}.{attempt}.log")
+
+    def write_state(self, state: dict) -> None:
+        """The live view: atomic for readers but not fsync'd (it is rewritten on every start and exit)."""
+        fsutil.atomic_write(self.state_path, (json.dumps(state, indent=1) + "\n").encode(), durable=False)
+
+    def write_summary(self, summary: dict) -> None:
+        """Write summary.json, after checking it against the schema that ships with the package."""
+        validate_summary(summary)
+        fsutil.atomic_write(self.summary_path, (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def summary_schema() -> dict:
+    with open(SUMMARY_SCHEMA_FILE, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def validate_summary(summary: dict) -> None:
+    """Raise HypervisorError naming the field if `summary` does not match summary.schema.json."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(summary_schema()).iter_errors(summary), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(part) for part in errors[0].absolute_path) or "(top)"
+        raise HypervisorError(f"run summary does not match {SUMMARY_SCHEMA_FILE} at {where}: {errors[0].message}")
+
+
+def run_ids(state: str) -> list[str]:
+    """The ids of the runs recorded under a state folder, oldest first."""
+    try:
+        names = os.listdir(os.path.join(state, RUNS_DIR))
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if os.path.isfile(os.path.join(state, RUNS_DIR, name, STATE_FILE)))
+
+
+def load_run(state: str, run_id: str | None = None) -> dict:
+    """A run's state as `hypervisor status` shows it: run.json, with `summary` once it finished.
+
+    A run whose supervisor died (its pid is gone on this host) while run.json still says running is reported as
+    `status: dead`."""
+    known = run_ids(state)
+    if not known:
+        raise UsageError(f"no runs recorded under {os.path.join(state, RUNS_DIR)}: start one with `hypervisor run`")
+    if run_id is None:
+        run_id = known[-1]
+    elif run_id not in known:
+        matches = [name for name in known if name.startswith(run_id)]
+        if len(matches) != 1:
+            shown = ", ".join(known[-5:])
+            raise UsageError(f"run {run_id!r} is not recorded ({'ambiguous' if matches else 'unknown'}); "
+                             f"recent runs: {shown}")  # fmt: skip
+        run_id = matches[0]
+    folder = RunFolder(state, run_id)
+    view = fsutil.read_json(folder.state_path)
+    if not isinstance(view, dict):
+        raise HypervisorError(f"{folder.state_path} is damaged: not a JSON object")
+    summary = fsutil.read_json(folder.summary_path)
+    if summary is not None:
+        view["summary"] = summary
+    if view.get("status") == "running" and not _supervisor_alive(view):
+        view["status"] = "dead"
+    return view
+
+
+def _supervisor_alive(view: dict) -> bool:
+    import socket
+
+    pid = view.get("pid")
+    if view.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True  # another host's supervisor: cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,85 @@
+"""A task's fields as the store uses them, read from frontmatter with the light checks the queue relies on."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..core import rules
+from ..core.errors import InvalidTaskId, TaskFileError
+
+_WIKILINK = re.compile(r"^\[\[([^\]|#]+)(?:[#|][^\]]*)?\]\]\Z")
+
+SUMMARY_FIELDS = (
+    "id", "title", "status", "priority", "project", "assignee", "depends_on",
+    "tags", "scope", "attempts", "created", "modified",
+)  # fmt: skip
+
+
+def unlink(value: str) -> str:
+    """`task-a` for `[[task-a]]` or `[[task-a|alias]]`; other strings unchanged."""
+    match = _WIKILINK.match(value.strip())
+    return match.group(1).strip() if match else value.strip()
+
+
+def _string_list(path: str, name: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise TaskFileError(path, f"{value!r} is not allowed: use a list of strings", field=name)
+
+
+def summarize(data: dict, path: str, relpath: str, default_id: str) -> dict:
+    """The store's view of one task: normalised fields plus `path`; TaskFileError if the queue cannot use it."""
+    raw_id = data.get("id", default_id)
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        raw_id = str(raw_id)
+    try:
+        task_id = rules.check_task_id(raw_id)
+    except InvalidTaskId as error:
+        field = "id" if "id" in data else None
+        hint = "" if field else " (the id defaults to the file name; set 'id:' to a legal one)"
+        raise TaskFileError(path, f"{error}{hint}", field=field) from None
+
+    status = data.get("status", rules.DEFAULT_STATUS)
+    if status not in rules.STATUSES:
+        raise TaskFileError(path, f"{status!r} is not one of {', '.join(rules.STATUSES)}", field="status")
+
+    priority = data.get("priority", rules.DEFAULT_PRIORITY)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in rules.PRIORITIES:
+        raise TaskFileError(path, f"{priority!r} is not allowed: use an integer 0 (highest) to 4", field="priority")
+
+    attempts = data.get("attempts", 0)
+    if attempts is None:
+        attempts = 0
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise TaskFileError(path, f"{attempts!r} is not allowed: use a whole number 0 or more", field="attempts")
+
+    depends_on = [unlink(dep) for dep in _string_list(path, "depends_on", data.get("depends_on"))]
+    project = data.get("project")
+    if project is not None and not isinstance(project, str):
+        raise TaskFileError(path, f"{project!r} is not allowed: use a project name", field="project")
+    title = data.get("title")
+    assignee = data.get("assignee")
+    return {
+        "id": task_id,
+        "title": title if isinstance(title, str) else task_id,
+        "status": status,
+        "priority": priority,
+        "project": unlink(project) if project else None,
+        "assignee": assignee if isinstance(assignee, str) else None,
+        "depends_on": depends_on,
+        "tags": _string_list(path, "tags", data.get("tags")),
+        "scope": _string_list(path, "scope", data.get("scope")),
+        "attempts": attempts,
+        "created": _text(data.get("created")),
+        "modified": _text(data.get("modified")),
+        "path": relpath,
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

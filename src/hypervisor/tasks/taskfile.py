@@ -1,0 +1,234 @@
+"""One task file: markdown with YAML frontmatter, read strictly and edited in place so untouched bytes survive."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..core.errors import TaskFileError
+
+MAX_TASK_BYTES = 2 * 1024 * 1024
+_BOM = "\ufeff"
+_DELIMITER = re.compile(r"^---[ \t]*\r?\n?\Z")
+_CLOSING = re.compile(r"^(---|\.\.\.)[ \t]*\r?\n?\Z")
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class TaskLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe loader that keeps dates as the strings the user wrote, so every value is plain JSON."""
+
+
+class TaskDumper(_BaseDumper):  # type: ignore[misc, valid-type]
+    """Safe dumper that writes timestamps unquoted, as a person would type them."""
+
+
+def _without_timestamps(resolvers: dict) -> dict:
+    return {
+        first: [entry for entry in entries if entry[0] != "tag:yaml.org,2002:timestamp"]
+        for first, entries in resolvers.items()
+    }
+
+
+TaskLoader.yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
+TaskDumper.yaml_implicit_resolvers = _without_timestamps(yaml.SafeDumper.yaml_implicit_resolvers)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the task loader (C-accelerated where available)."""
+    return yaml.load(text, Loader=TaskLoader)  # noqa: S506 - TaskLoader is a SafeLoader
+
+
+def dump_field(key: str, value: Any) -> str:
+    """YAML text for one top-level `key: value` entry, in block style as Obsidian writes it."""
+    return _dump({key: value})
+
+
+def _dump(data: dict) -> str:
+    return yaml.dump(
+        data, Dumper=TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
+    )
+
+
+@dataclass
+class TaskDoc:
+    """A task file split into BOM, frontmatter lines, delimiters and body; `data` is the parsed frontmatter."""
+
+    path: str
+    data: dict
+    fm_lines: list[str]
+    body: str
+    newline: str = "\n"
+    bom: str = ""
+    opening: str = "---\n"
+    closing: str = "---\n"
+    changed: set[str] = field(default_factory=set)
+
+    def render(self) -> str:
+        """The whole file text."""
+        return self.bom + self.opening + "".join(self.fm_lines) + self.closing + self.body
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a top-level field, rewriting only that field's lines (or appending it)."""
+        if key in self.data and self.data[key] == value and type(self.data[key]) is type(value):
+            return
+        new_lines = _lines(dump_field(key, value), self.newline)
+        span = self._span(key)
+        if span is None:
+            if self.fm_lines and not self.fm_lines[-1].endswith("\n"):
+                self.fm_lines[-1] += self.newline
+            self.fm_lines.extend(new_lines)
+        else:
+            self.fm_lines[span[0] : span[1]] = new_lines
+        self.data[key] = value
+        self.changed.add(key)
+        self._verify()
+
+    def remove(self, key: str) -> None:
+        """Remove a top-level field if present."""
+        span = self._span(key)
+        if span is not None:
+            del self.fm_lines[span[0] : span[1]]
+        if key in self.data:
+            del self.data[key]
+            self.changed.add(key)
+        self._verify()
+
+    def append_to_section(self, heading: str, text: str) -> None:
+        """Append `text` at the end of the body section `heading` (a `## ...` line), creating it at the end."""
+        nl = self.newline
+        lines = self.body.splitlines(keepends=True)
+        start = next((i for i, line in enumerate(lines) if line.rstrip("\r\n") == heading), None)
+        entry = text.rstrip("\n").replace("\n", nl) + nl
+        if start is None:
+            body = self.body
+            if body and not body.endswith("\n"):
+                body += nl
+            if body.strip():
+                body += nl
+            self.body = body + heading + nl + nl + entry
+            return
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        section = lines[start:end]
+        if section and not section[-1].endswith("\n"):
+            section[-1] += nl
+        while len(section) > 1 and not section[-1].strip():
+            section.pop()
+        if len(section) == 1:
+            section.append(nl)
+        section.append(entry)
+        trailer = lines[end:]
+        if trailer:
+            section.append(nl)
+        self.body = "".join(lines[:start] + section + trailer)
+
+    def _span(self, key: str) -> tuple[int, int] | None:
+        pattern = re.compile(r"^(?:%s|\"%s\"|'%s')[ \t]*:(?:[ \t]|\r?\n|\Z)" % ((re.escape(key),) * 3))
+        lines = self.fm_lines
+        for start, line in enumerate(lines):
+            if pattern.match(line):
+                end = start + 1
+                last_content = end
+                while end < len(lines):
+                    nxt = lines[end]
+                    if not nxt.strip():
+                        end += 1
+                        continue
+                    if nxt[0] in " \t-":
+                        end += 1
+                        last_content = end
+                        continue
+                    break
+                return start, last_content
+        return None
+
+    def _verify(self) -> None:
+        """Fall back to a whole-frontmatter dump if the line edit did not yield exactly `data` (exotic YAML)."""
+        try:
+            reparsed = load_yaml("".join(self.fm_lines)) or {}
+        except yaml.YAMLError:
+            reparsed = None
+        if reparsed != self.data:
+            self.fm_lines = _lines(_dump(self.data), self.newline)
+
+
+def _lines(text: str, newline: str) -> list[str]:
+    lines = text.splitlines(keepends=True)
+    return [line.rstrip("\r\n") + newline for line in lines]
+
+
+def parse_text(text: str, path: str) -> TaskDoc:
+    """Split and parse task file text; TaskFileError naming the file and the problem."""
+    bom = ""
+    if text.startswith(_BOM):
+        bom, text = _BOM, text[1:]
+    lines = text.splitlines(keepends=True)
+    if not lines or not _DELIMITER.match(lines[0]):
+        raise TaskFileError(path, "no YAML frontmatter: a task file must start with a '---' line")
+    newline = "\r\n" if lines[0].endswith("\r\n") else "\n"
+    for index in range(1, len(lines)):
+        if _CLOSING.match(lines[index]):
+            closing_index = index
+            break
+    else:
+        raise TaskFileError(path, "frontmatter is not closed: add a '---' line after the YAML")
+    fm_lines = lines[1:closing_index]
+    try:
+        data = load_yaml("".join(fm_lines))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TaskFileError(
+            path, f"frontmatter is a YAML {type(data).__name__}, not a mapping: write 'key: value' lines"
+        )
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise TaskFileError(path, f"frontmatter key {bad_keys[0]!r} is not a string")
+    closing = lines[closing_index]
+    if not closing.endswith("\n"):
+        closing += newline
+    return TaskDoc(
+        path=path,
+        data=data,
+        fm_lines=fm_lines,
+        body="".join(lines[closing_index + 1 :]),
+        newline=newline,
+        bom=bom,
+        opening=lines[0],
+        closing=closing,
+    )
+
+
+def read_text(path: str, size: int | None = None) -> str:
+    """The UTF-8 text of a task file; TaskFileError if it is too large, binary or not UTF-8."""
+    if size is None:
+        size = os.stat(path).st_size
+    if size > MAX_TASK_BYTES:
+        raise TaskFileError(
+            path, f"file is {size:,} bytes; a task file may be at most {MAX_TASK_BYTES:,} bytes (move attachments out)"
+        )
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_TASK_BYTES + 1)
+    if len(raw) > MAX_TASK_BYTES:
+        raise TaskFileError(path, f"file grew past {MAX_TASK_BYTES:,} bytes while being read")
+    if b"\x00" in raw:
+        raise TaskFileError(path, "file is binary (it contains NUL bytes), not markdown text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TaskFileError(path, f"file is not UTF-8 text (bad byte at offset {error.start})") from None
+
+
+def read_doc(path: str, size: int | None = None) -> TaskDoc:
+    """Read and parse one task file."""
+    return parse_text(read_text(path, size), path)

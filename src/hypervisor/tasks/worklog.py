@@ -1,0 +1,38 @@
+"""The `## Worker log` entry a task body gets when a worker completes or blocks it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..core.timeutil import humanize, iso
+
+HEADING = "## Worker log"
+
+
+def format_entry(
+    at: float,
+    worker: str,
+    outcome: str,
+    summary: str,
+    *,
+    files: Iterable[str] = (),
+    commit: str | None = None,
+    tool_calls: int | None = None,
+    duration_s: float | None = None,
+) -> str:
+    """One markdown bullet: time, worker, outcome, summary, then whatever else is known."""
+    parts = [f"**{iso(at)}** · {worker} · **{outcome}**"]
+    if duration_s is not None:
+        parts.append(f"took {humanize(duration_s)}")
+    if tool_calls is not None:
+        parts.append(f"{tool_calls} tool calls")
+    if commit:
+        parts.append(f"commit `{commit}`")
+    lines = ["- " + " · ".join(parts)]
+    text = " ".join(summary.split())
+    if text:
+        lines.append(f"  - {text}")
+    files = sorted(set(files))
+    if files:
+        lines.append("  - files: " + ", ".join(f"`{name}`" for name in files))
+    return "\n".join(lines)
