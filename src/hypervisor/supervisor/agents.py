@@ -57,7 +57,7 @@ class TriageAgent(Agent):
     name = "triage"
 
     def argv(self, job: Job) -> list[str]:
-        return [sys.executable, "-m", "hypervisor.supervisor.triage_agent"]
+        return [sys.executable, "-m", "hypervisor.triage.agent"]
 
 
 class ClaudeAgent(Agent):

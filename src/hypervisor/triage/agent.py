@@ -1,5 +1,5 @@
-"""The built-in triage as a supervised worker process: `python -m hypervisor.supervisor.triage_agent` triages the one task
-the supervisor claimed for it (HYPERVISOR_TASK_ID + HYPERVISOR_CLAIM_TOKEN), then closes or releases it."""
+"""The built-in triage as a supervised worker process: `python -m hypervisor.triage.agent` triages the one task the
+supervisor claimed for it (HYPERVISOR_TASK_ID + HYPERVISOR_CLAIM_TOKEN), then closes or releases it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..core.errors import HypervisorError
 def main() -> int:
     from ..claims.queue import TaskQueue
     from ..tasks.store import TaskStore
-    from ..triage.triage import TriageRules, triage_claimed
+    from .triage import TriageRules, triage_claimed
 
     supervised = workers.supervised_claim(os.environ)
     if supervised is None:
