@@ -28,7 +28,7 @@ HYPERVISOR = [sys.executable, "-m", "hypervisor"]
 # The one rule for what a hook call may load of the package (a prefix rule, not a list of modules): the light core,
 # the claim records and backends, and the hooks themselves. No task-file parser, queue, supervisor, triage or front.
 HOOK_PATH_PACKAGES = ("hypervisor.core", "hypervisor.hooks")
-HOOK_PATH_CLAIMS = ("records", "backend", "redisbackend", "resp", "workers")
+HOOK_PATH_CLAIMS = ("records", "backend", "redisbackend", "redisscripts", "resp", "workers")
 
 
 def on_hook_path(module: str) -> bool:

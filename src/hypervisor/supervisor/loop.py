@@ -1,4 +1,4 @@
-"""`hypervisor run`: claim tasks for N worker processes, watch them, read outcomes from the store, replace them."""
+"""The scheduling loop of `hypervisor run`: claim tasks for N workers, watch them, settle outcomes, replace them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import queue as queue_module
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -14,95 +13,16 @@ from ..claims import workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
 from ..core import rules
-from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound, UsageError
+from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound
 from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
-from .runs import RunFolder, new_run_id
+from .options import RunOptions
+from .outcome import decide
+from .processes import Attempt, describe_exit, install_interrupt_handler, kill_leftovers, send_signal, spawn
+from .runs import RunFolder, TaskEntry, new_run_id, skipped_preflight
 
-MAX_WORKERS = 32
-KILL_GRACE_SECONDS = 5.0
 RENEW_EVERY_MAX = 60.0
-ISOLATIONS = ("none", "worktree")
 FAILED = ("dead_letter", "lost", "interrupted")
-
-
-class RunOptions:
-    """What `hypervisor run` was asked to do."""
-
-    def __init__(self, workers: int = 4, agent: str = "triage", ids: list[str] | None = None,
-                 project: str | None = None, timeout: float = 30 * 60, isolation: str = "none",
-                 project_dir: str | None = None, kill_grace: float = KILL_GRACE_SECONDS) -> None:  # fmt: skip
-        if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
-            raise UsageError(f"--workers {workers!r} is not allowed: use 1 to {MAX_WORKERS}")
-        if isolation not in ISOLATIONS:
-            raise UsageError(f"--isolation {isolation!r} is not allowed: use {' or '.join(ISOLATIONS)}")
-        if timeout <= 0:
-            raise UsageError(f"--timeout {timeout!r} is not allowed: give a positive duration such as 30m")
-        self.workers = workers
-        self.agent = agent
-        self.ids = ids
-        self.project = project
-        self.timeout = timeout
-        self.isolation = isolation
-        self.project_dir = os.path.abspath(project_dir or os.getcwd())
-        self.kill_grace = kill_grace
-
-
-class Attempt:
-    """One worker process on one claimed task."""
-
-    def __init__(self, slot: int, worker: str, claim: dict, number: int, log: str, workdir: str,
-                 events_offset: object) -> None:  # fmt: skip
-        self.slot = slot
-        self.worker = worker
-        self.task_id: str = claim["id"]
-        self.title: str = claim.get("title") or claim["id"]
-        self.token: str = claim["claim_token"]
-        self.number = number
-        self.log = log
-        self.workdir = workdir
-        self.events_offset = events_offset
-        self.proc: subprocess.Popen | None = None
-        self.pgid: int | None = None
-        self.started = time.monotonic()
-        self.started_at = now()
-        self.deadline = 0.0
-        self.next_renewal = 0.0
-        self.kill_reason: str | None = None
-        self.term_sent: float | None = None
-        self.kill_sent = False
-        self.claim_gone = False
-
-    def view(self) -> dict:
-        return {"slot": self.slot, "worker": self.worker, "task_id": self.task_id, "title": self.title,
-                "attempt": self.number, "pid": self.proc.pid if self.proc else None,
-                "started_at": iso(self.started_at), "log": self.log}  # fmt: skip
-
-
-class TaskEntry:
-    """What the run did with one task over all its attempts: one `workers[]` entry of summary.json."""
-
-    def __init__(self, task_id: str, title: str) -> None:
-        self.task_id = task_id
-        self.title = title
-        self.worker = ""
-        self.status = "running"
-        self.text = ""
-        self.commit: str | None = None
-        self.branch: str | None = None
-        self.tokens = 0
-        self.duration_s = 0.0
-        self.attempts = 0
-        self.logs: list[str] = []
-        self.exit_codes: list[int | None] = []
-
-    def to_json(self) -> dict:
-        out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
-        out["outcome" if self.status == "done" else "reason"] = self.text or self.status
-        out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
-                   attempts=self.attempts, log=self.logs[-1] if self.logs else "", logs=self.logs,
-                   exit_codes=self.exit_codes)  # fmt: skip
-        return out
 
 
 class NullProgress:
@@ -266,14 +186,9 @@ class Supervisor:
             "HYPERVISOR_RUN_ID": self.run_id,
             "HYPERVISOR_WORKER_NAME": attempt.worker,
         })  # fmt: skip
-        with open(attempt.log, "ab") as log:
-            log.write(f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
-                      f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n".encode())  # fmt: skip
-            log.flush()
-            proc = subprocess.Popen(argv, cwd=attempt.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        attempt.proc = proc
-        attempt.pgid = _own_group(proc)
+        header = (f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
+                  f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n")  # fmt: skip
+        spawn(attempt, argv, env, header)
         attempt.started = time.monotonic()
         attempt.deadline = attempt.started + self.options.timeout
         attempt.next_renewal = attempt.started + self.renew_every
@@ -310,11 +225,11 @@ class Supervisor:
             if attempt.term_sent is None and moment >= attempt.deadline:
                 attempt.kill_reason = f"killed at the {humanize(self.options.timeout)} timeout"
                 self.progress.note(f"{attempt.worker}: {attempt.task_id} {attempt.kill_reason}")
-                self._signal(attempt, signal.SIGTERM)
+                send_signal(attempt, signal.SIGTERM)
                 attempt.term_sent = moment
             elif attempt.term_sent is not None and not attempt.kill_sent and \
                     moment >= attempt.term_sent + self.options.kill_grace:  # fmt: skip
-                self._signal(attempt, signal.SIGKILL)
+                send_signal(attempt, signal.SIGKILL)
                 attempt.kill_sent = True
             if not attempt.claim_gone and moment >= attempt.next_renewal:
                 attempt.next_renewal = moment + self.renew_every
@@ -327,25 +242,15 @@ class Supervisor:
         for attempt in self.running.values():
             if attempt.term_sent is None:
                 attempt.kill_reason = reason
-                self._signal(attempt, signal.SIGTERM)
+                send_signal(attempt, signal.SIGTERM)
                 attempt.term_sent = time.monotonic()
-
-    def _signal(self, attempt: Attempt, sig: int) -> None:
-        """Signal the worker's whole process group (the agent and everything it started)."""
-        try:
-            if attempt.pgid is not None:
-                os.killpg(attempt.pgid, sig)
-            elif attempt.proc is not None:
-                attempt.proc.send_signal(sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     # -- outcomes -----------------------------------------------------------------------------------------------
     def _finished(self, attempt: Attempt, code: int | None) -> None:
         self.running.pop(attempt.slot, None)
         if attempt.pgid is not None:  # whatever the agent left running in its group goes with it
-            self._signal(attempt, signal.SIGKILL)
-        _kill_leftovers(attempt.token)
+            send_signal(attempt, signal.SIGKILL)
+        kill_leftovers(attempt.token)
         entry = self.entries[attempt.task_id]
         entry.exit_codes.append(code)
         entry.duration_s += time.monotonic() - attempt.started
@@ -356,7 +261,7 @@ class Supervisor:
             entry.commit = commit
         retry = False
         if status == "unfinished":
-            why = attempt.kill_reason or _describe_exit(code)
+            why = attempt.kill_reason or describe_exit(code)
             status, text, retry = self._after_failure(attempt, entry, why)
         self._settle(entry, status, text, final=not retry)
         self.progress.finished(attempt, entry, retry)
@@ -398,24 +303,7 @@ class Supervisor:
         except HypervisorError as error:
             return "lost", f"the task cannot be read any more: {error}", None
         claim = self.queue.read_claim(attempt.task_id)
-        if claim is not None and claim.token == attempt.token:
-            return "unfinished", "", None
-        status = summary["status"]
-        events = self._events_since(attempt)
-        commit = doc.data.get("commit") if isinstance(doc.data.get("commit"), str) else None
-        if status == "done":
-            return "done", _last_text(events, "completed", "text") or "done", commit
-        if status == "blocked":
-            reason = _last_text(events, "blocked", "text") or str(doc.data.get("blocked_reason") or "blocked")
-            if doc.data.get("blocked_reason") == rules.DEAD_LETTER_REASON:
-                return "dead_letter", _last_text(events, "dead_letter", "text") or reason, None
-            return "blocked", reason, None
-        if claim is not None:
-            return "lost", f"the claim was taken over by {claim.caller} (the lease expired)", None
-        if rules.is_status_claimable(status):
-            reason = _last_text(events, "released", "reason")
-            return "released", f"released by the worker: {reason}" if reason else "released by the worker", None
-        return "lost", f"the task is {status} with no claim: changed outside this run", None
+        return decide(summary["status"], doc.data, claim, attempt.token, lambda: self._events_since(attempt))
 
     def _settle(self, entry: TaskEntry, status: str, text: str, final: bool = True) -> None:
         entry.status, entry.text = status, text
@@ -442,10 +330,6 @@ class Supervisor:
 
     # -- signals ------------------------------------------------------------------------------------------------
     def _install_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
         def on_interrupt(signum, frame) -> None:
             if self.draining or signum == signal.SIGTERM:
                 self.aborting = self.draining = True
@@ -455,14 +339,7 @@ class Supervisor:
                 self.progress.note("draining: no new tasks; running workers finish "
                                    "(Ctrl-C again stops them and releases their tasks)")  # fmt: skip
 
-        for sig in previous:
-            signal.signal(sig, on_interrupt)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
+        return install_interrupt_handler(on_interrupt)
 
     def drain(self) -> None:
         """Take no new tasks; let the running workers finish (what the first Ctrl-C does)."""
@@ -497,8 +374,6 @@ class Supervisor:
 
     def summary(self, status: str) -> dict:
         report = self.preflight_report
-        skipped = report.get("skipped", {})
-        started = set(self.entries)
         return {
             "run_id": self.run_id,
             "status": status,
@@ -511,15 +386,7 @@ class Supervisor:
             "task_root": self.queue.store.root,
             "counts": {k: v for k, v in self.counts().items() if k not in ("running", "pending")},
             "workers": [entry.to_json() for entry in self.entries.values()],
-            "skipped_preflight": {
-                "done": list(skipped.get("done", [])),
-                "cancelled": list(skipped.get("cancelled", [])),
-                "claimed": [item["id"] for item in skipped.get("claimed", [])],
-                "blocked_deps": [item["id"] for item in skipped.get("blocked_deps", []) if item["id"] not in started],
-                "other": [item["id"] for item in skipped.get("other", [])],
-                "missing": list(report.get("missing", [])),
-                "invalid": self.invalid,
-            },
+            "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,
         }
 
@@ -529,62 +396,3 @@ def exit_code(summary: dict) -> int:
     if summary.get("status") == "interrupted":
         return 130
     return 1 if any(entry["status"] in FAILED for entry in summary["workers"]) else 0
-
-
-def _own_group(proc) -> int | None:
-    """The worker's process group id if it leads its own (start_new_session), else None (never our own group)."""
-    pid = getattr(proc, "pid", 0)
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        group = os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return group if group == pid and group != os.getpgrp() else None
-
-
-def _kill_leftovers(token: str) -> None:
-    """SIGKILL what a finished worker left running outside its process group (Claude Code runs every Bash command
-    in a session of its own): the processes whose environment holds its HYPERVISOR_CLAIM_TOKEN. Linux (/proc) only."""
-    needle = f"{workers.ENV_CLAIM_TOKEN}={token}".encode()
-    for _ in range(3):  # again, in case one forked while it was being found
-        found = []
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit() or int(name) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{name}/environ", "rb") as handle:
-                    if needle in handle.read().split(b"\0"):
-                        found.append(int(name))
-            except OSError:
-                continue
-        if not found:
-            return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "ended without an exit status"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name} without finishing the task"
-    return f"exited with code {code} without finishing the task"
-
-
-def _last_text(events: list[dict], kind: str, field: str) -> str | None:
-    for event in reversed(events):
-        if event.get("event") == kind and isinstance(event.get(field), str) and event[field].strip():
-            return event[field]
-    return None

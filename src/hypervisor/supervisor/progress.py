@@ -6,7 +6,9 @@ import sys
 import time
 
 from ..core.timeutil import humanize
-from .loop import Attempt, NullProgress, Supervisor, TaskEntry
+from .loop import NullProgress, Supervisor
+from .processes import Attempt
+from .runs import TaskEntry
 
 
 def _elapsed(attempt: Attempt) -> str:

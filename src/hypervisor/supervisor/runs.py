@@ -46,6 +46,47 @@ class RunFolder:
         fsutil.atomic_write(self.summary_path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
+class TaskEntry:
+    """What the run did with one task over all its attempts: one `workers[]` entry of summary.json."""
+
+    def __init__(self, task_id: str, title: str) -> None:
+        self.task_id = task_id
+        self.title = title
+        self.worker = ""
+        self.status = "running"
+        self.text = ""
+        self.commit: str | None = None
+        self.branch: str | None = None
+        self.tokens = 0
+        self.duration_s = 0.0
+        self.attempts = 0
+        self.logs: list[str] = []
+        self.exit_codes: list[int | None] = []
+
+    def to_json(self) -> dict:
+        out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
+        out["outcome" if self.status == "done" else "reason"] = self.text or self.status
+        out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
+                   attempts=self.attempts, log=self.logs[-1] if self.logs else "", logs=self.logs,
+                   exit_codes=self.exit_codes)  # fmt: skip
+        return out
+
+
+def skipped_preflight(report: dict, started: set[str], invalid: list[str]) -> dict:
+    """The `skipped_preflight` of summary.json: what the batch's preflight left out (a task waiting on
+    dependencies that then ran in the run is not listed)."""
+    skipped = report.get("skipped", {})
+    return {
+        "done": list(skipped.get("done", [])),
+        "cancelled": list(skipped.get("cancelled", [])),
+        "claimed": [item["id"] for item in skipped.get("claimed", [])],
+        "blocked_deps": [item["id"] for item in skipped.get("blocked_deps", []) if item["id"] not in started],
+        "other": [item["id"] for item in skipped.get("other", [])],
+        "missing": list(report.get("missing", [])),
+        "invalid": invalid,
+    }
+
+
 def summary_schema() -> dict:
     with open(SUMMARY_SCHEMA_FILE, encoding="utf-8") as handle:
         return json.load(handle)
