@@ -1,0 +1,194 @@
+"""The `hypervisor` commands that run work on the queue: run (the supervisor), status, triage, mcp."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from ..core.timeutil import parse_duration
+from .cli import batch_ids, cli, context_for, emit_json, json_option, print_preflight, tasks_option
+
+if TYPE_CHECKING:
+    from ..claims.queue import TaskQueue
+
+
+@cli.command()
+@click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
+@click.option("--project", metavar="P", help="Only this project.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Triage at most N tasks.")
+@click.option("--caller", default="triage", show_default=True, help="Worker name used for the claims.")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False, exists=True),
+              help="Triage rules YAML (default: triage_rules: in .hypervisor.yaml, else the built-in rules).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Show what would change; claim and write nothing.")
+@tasks_option
+@json_option
+def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, as_json) -> None:
+    """Triage ready tasks without a model: close those with a Close Reason, assign the rest, link their project.
+
+    Each task is claimed, triaged and released (inbox becomes active), so triage runs safely beside workers.
+    """
+    from ..triage.triage import TriageRules, triage_queue
+
+    ctx = context_for(tasks)
+    rules = TriageRules.load(rules_file or ctx.config.triage_rules)
+    results = triage_queue(ctx.queue, rules, caller=caller, ids=batch_ids(ids, batch_file), project=project,
+                           limit=limit, dry_run=dry_run)  # fmt: skip
+    if as_json:
+        emit_json(results)
+        return
+    for item in results["tasks"]:
+        click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
+    counts = results["counts"]
+    click.echo("  ".join(f"{k}: {v}" for k, v in counts.items()), err=True)
+
+
+AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), gemini (gemini -p --yolo with the "
+              "extension), or a command such as './work.sh {task_id}' (placeholders: {task_id} {token} {task_file} "
+              "{worker} {attempt} {run_id} {workdir}; run without a shell).")  # fmt: skip
+
+
+@cli.command()
+@click.option("--workers", "-w", "worker_count", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Worker processes at once (1 to 32).")  # fmt: skip
+@click.option("--agent", default="triage", show_default=True, metavar="AGENT", help=AGENT_HELP)
+@click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
+@click.option("--project", metavar="P", help="Only this project.")
+@click.option("--timeout", default="30m", show_default=True, metavar="DURATION",
+              help="Kill a worker (its whole process group) that runs longer, e.g. 90s, 30m, 2h.")  # fmt: skip
+@click.option(
+    "--isolation",
+    type=click.Choice(["none", "worktree"]),
+    default="none",
+    show_default=True,
+    help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.",
+)
+@click.option("--dry-run", is_flag=True, help="Show the preflight and the first worker's command; start nothing.")
+@tasks_option
+@json_option
+def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_run, tasks, as_json) -> None:
+    """Run a batch: keep N agent workers busy on the queue until the batch is empty.
+
+    \b
+    For each ready task of the batch (all tasks, --project, --ids or --batch):
+      claim it, start the agent with HYPERVISOR_WORKER=1, HYPERVISOR_TASK_ID and
+      HYPERVISOR_CLAIM_TOKEN, renew the lease while it runs, kill it at --timeout,
+      then read the outcome from the task file (never from the agent's word).
+      A worker that ends without an outcome has its task released and retried,
+      up to max_attempts (default 3), then dead-lettered (blocked: max_attempts).
+
+    Done, cancelled, claimed and dependency-blocked tasks are reported and
+    skipped; a task whose dependencies finish during the run does run.
+    Ctrl-C drains (no new tasks; running workers finish); a second Ctrl-C stops
+    the workers and releases their tasks. Logs and run.json/summary.json are
+    kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them.
+
+    \b
+    Exit: 0 the batch ran, 1 a task was dead-lettered or lost, 2 usage,
+          3 nothing to run, 130 interrupted.
+
+    \b
+    Examples:
+      hypervisor run --tasks examples/tasks                 # built-in triage
+      hypervisor run --agent claude --workers 4 --project web --timeout 20m
+      hypervisor run --agent './fix.sh {task_id}' --isolation worktree
+    """
+    from ..supervisor.loop import RunOptions, Supervisor, exit_code
+    from ..supervisor.progress import progress_for
+
+    ctx = context_for(tasks)
+    options = RunOptions(workers=worker_count, agent=agent, ids=batch_ids(ids, batch_file), project=project,
+                         timeout=parse_duration(timeout, "--timeout"), isolation=isolation)  # fmt: skip
+    if dry_run:
+        supervisor = Supervisor(ctx.queue, options)
+        supervisor.prepare()
+        report = supervisor.preflight()
+        if as_json:
+            emit_json(report)
+        else:
+            print_preflight(report)
+            click.echo(f"would start {min(len(report['ready']), worker_count)} of {worker_count} worker(s) "
+                       f"with agent {supervisor.agent.name}; nothing was claimed")  # fmt: skip
+        return
+    supervisor = Supervisor(ctx.queue, options, progress_for())
+    supervisor.prepare()
+    report = supervisor.preflight()
+    if not report["ready"]:
+        emit_json(report) if as_json else print_preflight(report)
+        click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
+        sys.exit(3)
+    summary = supervisor.run(report)
+    if as_json:
+        emit_json(summary)
+    else:
+        _print_summary(summary, supervisor.folder.summary_path)
+    sys.exit(exit_code(summary))
+
+
+def _print_summary(summary: dict, path: str) -> None:
+    for entry in summary["workers"]:
+        text = entry.get("outcome") or entry.get("reason") or ""
+        extra = f" [{entry['branch']} {entry['commit'][:12]}]" if entry.get("branch") and entry.get("commit") else ""
+        click.echo(f"{entry['task_id']}: {entry['status']} ({entry['attempts']} attempt(s), "
+                   f"{entry['duration_s']:.1f}s, {entry['tokens']} tokens){extra}: {text}")  # fmt: skip
+    skipped = {k: len(v) for k, v in summary["skipped_preflight"].items() if v}
+    if skipped:
+        click.echo("skipped at preflight: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    counts = summary["counts"]
+    click.echo(
+        f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        + f"; {summary['total_tokens']} tokens"
+    )
+    click.echo(f"summary: {path}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@tasks_option
+@json_option
+def status(run_id, tasks, as_json) -> None:
+    """Show a run's state from disk (the latest run unless RUN, or a prefix of it, is given), also while it runs."""
+    from ..core.timeutil import humanize, now, parse_iso
+    from ..supervisor.runs import load_run
+
+    ctx = context_for(tasks)
+    view = load_run(ctx.store.state, run_id)
+    if as_json:
+        emit_json(view)
+        return
+    elapsed = now() - parse_iso(view["started_at"])
+    click.echo(f"run {view['run_id']}: {view['status']} · agent {view['agent']} · {view['workers']} worker(s) · "
+               f"started {view['started_at']} ({humanize(elapsed)} ago)")  # fmt: skip
+    counts = view.get("counts", {})
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for attempt in view.get("running", []):
+        age = humanize(now() - parse_iso(attempt["started_at"]))
+        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}, {age})")
+    for entry in view.get("tasks", []):
+        if entry["status"] != "running":
+            click.echo(f"  {entry['status']:<12} {entry['task_id']}: {entry.get('outcome') or entry.get('reason')}")
+    if "summary" in view:
+        click.echo(f"  summary: {os.path.join(ctx.store.state, 'runs', view['run_id'], 'summary.json')}")
+
+
+@cli.command()
+@tasks_option
+def mcp(tasks) -> None:
+    """Serve the task_manager MCP server on stdio (how Claude Code and Gemini CLI reach the queue)."""
+    from .mcp_server import serve
+
+    ctx = context_for(tasks)
+
+    def open_queue() -> TaskQueue:
+        """Opened at the first tool call, and again at each until it works: a project may make its task root
+        (or fix its .hypervisor.yaml) while the session runs."""
+        ctx._config = ctx._queue = None
+        ctx.queue.store.ensure_state()
+        return ctx.queue
+
+    serve(open_queue)

@@ -1,0 +1,166 @@
+"""The `hypervisor` commands that read the queue or set it up: list, show, stats, preflight, validate, init."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..core.config import load_config
+from .cli import batch_ids, cli, context_for, emit_json, json_option, print_preflight, tasks_option
+
+
+def _warn_invalid(invalid: list[dict]) -> None:
+    if invalid:
+        click.echo(
+            f"hypervisor: {len(invalid)} task file(s) are invalid and were left out; `hypervisor validate` lists them",
+            err=True,
+        )
+
+
+@cli.command("list")
+@click.option("--status", "statuses", multiple=True, metavar="S", help="Only this status (repeatable).")
+@click.option("--project", metavar="P", help="Only this project.")
+@click.option("--assignee", metavar="A", help="Only this assignee.")
+@click.option("--ready", is_flag=True, help="Only claimable tasks, in queue order.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N tasks.")
+@tasks_option
+@json_option
+def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
+    """List tasks (in queue order: priority, created, id)."""
+    ctx = context_for(tasks)
+    from ..core import rules
+
+    for status in statuses:
+        if status not in rules.STATUSES:
+            raise click.BadParameter(f"{status!r} is not one of {', '.join(rules.STATUSES)}", param_hint="--status")
+    items, invalid = ctx.queue.listing(statuses, project=project, assignee=assignee, ready=ready)
+    ctx.store.save_index()
+    items = items[:limit]
+    _warn_invalid(invalid)
+    if as_json:
+        emit_json(items)
+        return
+    if not items:
+        click.echo("no tasks match", err=True)
+        return
+    width = max(len(s["id"]) for s in items)
+    for s in items:
+        click.echo(f"{s['id']:<{width}}  P{s['priority']}  {s['status']:<11}  {s['project'] or '-':<14}  {s['title']}")
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@tasks_option
+@json_option
+def show(task_id, tasks, as_json) -> None:
+    """Show one task: its fields, its claim, and its file."""
+    ctx = context_for(tasks)
+    summary = ctx.store.find(task_id)
+    claim_view = ctx.queue.claim_view(task_id)
+    if as_json:
+        fresh, doc = ctx.store.read(summary)
+        emit_json({**fresh, "claim": claim_view, "frontmatter": doc.data, "body": doc.body})
+        return
+    with open(ctx.store.path_of(summary), encoding="utf-8") as handle:
+        click.echo(f"# {ctx.store.path_of(summary)}")
+        if claim_view:
+            state = "live" if claim_view["live"] else "expired"
+            click.echo(f"# claim: {claim_view['caller']} ({state}, lease until {claim_view['lease_expires_at']})")
+        click.echo(handle.read(), nl=False)
+
+
+@cli.command()
+@click.option("--by-project", is_flag=True, help="Add counts per project.")
+@tasks_option
+@json_option
+def stats(by_project, tasks, as_json) -> None:
+    """Count tasks by status, claims, ready and invalid."""
+    ctx = context_for(tasks)
+    result = ctx.queue.stats(by_project=by_project)
+    ctx.store.save_index()
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"tasks: {result['total']}  ready: {result['ready']}  claimed: {result['claimed']}  "
+               f"expired claims: {result['expired_claims']}  invalid: {result['invalid']}")  # fmt: skip
+    click.echo("  " + "  ".join(f"{status}: {count}" for status, count in result["by_status"].items()))
+    for project, counts in result.get("by_project", {}).items():
+        parts = "  ".join(f"{k}: {v}" for k, v in counts.items() if v)
+        click.echo(f"  [{project}] {parts}")
+
+
+@cli.command()
+@click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
+@click.option("--project", metavar="P", help="Only this project.")
+@tasks_option
+@json_option
+def preflight(ids, batch_file, project, tasks, as_json) -> None:
+    """Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies)."""
+    ctx = context_for(tasks)
+    wanted = batch_ids(ids, batch_file)
+    result = ctx.queue.preflight(ids=wanted, project=project)
+    if as_json:
+        emit_json(result)
+        return
+    print_preflight(result)
+
+
+@cli.command()
+@tasks_option
+@json_option
+def validate(tasks, as_json) -> None:
+    """Check every task file against the schema; list each problem with file, field, value and what is allowed.
+
+    Exits 1 if any task is invalid.
+    """
+    from ..tasks.validation import validate_store
+
+    ctx = context_for(tasks)
+    problems, checked = validate_store(ctx.store)
+    ctx.store.save_index()
+    if as_json:
+        emit_json({"checked": checked, "invalid": len({p["path"] for p in problems}), "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(problem["message"])
+        files = len({p["path"] for p in problems})
+        click.echo(f"{checked} task files checked, {files} invalid", err=True)
+    if problems:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--tasks", "tasks", metavar="DIR", help="The task root to make (default: tasks: in an existing "
+              ".hypervisor.yaml, else ./tasks).")  # fmt: skip
+def init(tasks) -> None:
+    """Set up hypervisor in the current folder: .hypervisor.yaml and an empty task root, unless they exist.
+
+    Prints what it made and the next steps. Safe to run again: nothing that exists is changed."""
+    from ..core.config import CONFIG_NAME
+    from ..tasks.store import TaskStore
+
+    here = os.getcwd()
+    config_path = os.path.join(here, CONFIG_NAME)
+    made = []
+    existing = load_config(config_path) if os.path.isfile(config_path) else None
+    name = tasks or (existing.tasks if existing and existing.tasks else "tasks")
+    if existing is None:
+        from ..core import fsutil
+
+        fsutil.atomic_write(config_path, f"# hypervisor settings (see its README)\ntasks: {name}\n".encode())
+        made.append(config_path)
+    root = os.path.abspath(os.path.join(here, name))
+    if not os.path.isdir(root):
+        os.makedirs(root)
+        made.append(root + os.sep)
+    TaskStore(root).ensure_state()
+    for path in made:
+        click.echo(f"made {path}")
+    if not made:
+        click.echo(f"already set up: {config_path} names the task root {root}")
+    click.echo(f"next: write a task as {os.path.join(name, 'my-first-task.md')} (YAML frontmatter with title and "
+               "status: active, then its description), then `hypervisor list`; agents claim it through the "
+               "plugin's task tools or `hypervisor run`")  # fmt: skip
