@@ -60,18 +60,28 @@ class TriageAgent(Agent):
         return [sys.executable, "-m", "hypervisor.triage.agent"]
 
 
-class ClaudeAgent(Agent):
-    """`claude -p` with the hypervisor plugin loaded, the worker prompt, and stream-json output (for tokens)."""
+class CliAgent(Agent):
+    """An agent that is a coding CLI installed from npm: its binary from `env_var`, else from PATH."""
 
-    name = "claude"
+    product = binary = package = env_var = ""
 
     def __init__(self, exe: str | None = None) -> None:
-        self.exe = exe or os.environ.get("HYPERVISOR_CLAUDE") or shutil.which("claude")
+        self.exe = exe or os.environ.get(self.env_var) or shutil.which(self.binary)
+
+    def check_binary(self) -> None:
+        if not self.exe or not os.access(self.exe, os.X_OK):
+            raise UsageError(f"--agent {self.name}: the `{self.binary}` command was not found: install {self.product} "
+                             f"(npm install -g {self.package}) or set {self.env_var} to its path")  # fmt: skip
+
+
+class ClaudeAgent(CliAgent):
+    """`claude -p` with the hypervisor plugin loaded, the worker prompt, and stream-json output (for tokens)."""
+
+    name = binary = "claude"
+    product, package, env_var = "Claude Code", "@anthropic-ai/claude-code", "HYPERVISOR_CLAUDE"
 
     def check(self) -> None:
-        if not self.exe or not os.access(self.exe, os.X_OK):
-            raise UsageError("--agent claude: the `claude` command was not found: install Claude Code "
-                             "(npm install -g @anthropic-ai/claude-code) or set HYPERVISOR_CLAUDE to its path")  # fmt: skip
+        self.check_binary()
         self.root = plugin_root()
         self.prompt = read_prompt(self.root, "worker.md")
 
@@ -81,18 +91,14 @@ class ClaudeAgent(Agent):
                 "--plugin-dir", self.root, "--permission-mode", "bypassPermissions"]  # fmt: skip
 
 
-class GeminiAgent(Agent):
+class GeminiAgent(CliAgent):
     """`gemini -p --yolo` with the Gemini worker prompt; the hypervisor extension must be linked for its user."""
 
-    name = "gemini"
-
-    def __init__(self, exe: str | None = None) -> None:
-        self.exe = exe or os.environ.get("HYPERVISOR_GEMINI") or shutil.which("gemini")
+    name = binary = "gemini"
+    product, package, env_var = "Gemini CLI", "@google/gemini-cli", "HYPERVISOR_GEMINI"
 
     def check(self) -> None:
-        if not self.exe or not os.access(self.exe, os.X_OK):
-            raise UsageError("--agent gemini: the `gemini` command was not found: install Gemini CLI "
-                             "(npm install -g @google/gemini-cli) or set HYPERVISOR_GEMINI to its path")  # fmt: skip
+        self.check_binary()
         root = gemini_extension_root()
         self.prompt = read_prompt(root, "gemini-task-worker.md")
 
