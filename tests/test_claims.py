@@ -8,8 +8,10 @@ import time
 import pytest
 from conftest import make_queue, write_task
 
+from hypervisor.claims import views
 from hypervisor.core.config import Config
 from hypervisor.core.errors import ClaimRefused, NothingToClaim, UsageError
+from hypervisor.frontends.mcp_server import dispatch_update
 from hypervisor.tasks import taskfile
 
 
@@ -143,12 +145,12 @@ def test_stats_and_preflight(root, queue):
     write_task(root, "open", status="active")
     write_task(root, "taken")
     queue.claim_next("w", task_id="taken")
-    pre = queue.preflight()
+    pre = views.preflight(queue)
     assert pre["ready"] == ["open"]
     assert pre["skipped"]["done"] == ["done1"] and pre["skipped"]["cancelled"] == ["cx"]
     assert pre["skipped"]["claimed"][0]["id"] == "taken"
     assert pre["skipped"]["blocked_deps"] == [{"id": "dep", "waiting_on": ["open (active)"]}]
-    stats = queue.stats(by_project=True)
+    stats = views.stats(queue, by_project=True)
     assert stats["total"] == 5 and stats["claimed"] == 1 and stats["ready"] == 1
     assert stats["by_status"]["in_progress"] == 1
 
@@ -168,7 +170,7 @@ def test_a_lease_that_ran_out_but_was_not_taken_over_is_renewed_the_token_is_the
 def test_the_holder_cancelling_its_task_ends_the_claim(root, queue):
     path = write_task(root, "a", status="active")
     claim = queue.claim_next("w1")
-    queue.update("a", token=claim["claim_token"], status="cancelled", note="not needed")
+    dispatch_update(queue, "a", token=claim["claim_token"], status="cancelled", note="not needed")
     assert fields(path)["status"] == "cancelled" and queue.read_claim("a") is None
     assert queue.live_claims() == {} and queue.claim_records() == {}
     with pytest.raises(ClaimRefused, match="no live claim"):

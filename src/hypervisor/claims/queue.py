@@ -12,7 +12,8 @@ from ..core.config import Config
 from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError
 from ..core.timeutil import humanize, iso, now
 from ..tasks import worklog
-from ..tasks.store import TaskStore, order_key
+from ..tasks.store import TaskStore
+from ..tasks.task import TaskSummary
 from ..tasks.taskfile import TaskDoc
 from . import records as claims
 from . import workers
@@ -45,7 +46,7 @@ class TaskQueue:
         at = now()
         return {task_id: claim for task_id, claim in self.claim_records().items() if not claim.expired(at)}
 
-    def _drop_claim(self, task_id: str, token: str | None) -> None:
+    def drop_claim(self, task_id: str, token: str | None) -> None:
         """End the claim `token` holds; ClaimRefused if another holder took it over meanwhile."""
         if not self.claims.drop(task_id, token):
             current = self.read_claim(task_id)
@@ -65,14 +66,16 @@ class TaskQueue:
 
     # -- the ready queue ----------------------------------------------------------------------------------------
     def ready(self, project: str | None = None, ids: Iterable[str] | None = None,
-              max_age: float | None = None) -> list[dict]:  # fmt: skip
+              max_age: float | None = None) -> list[TaskSummary]:  # fmt: skip
         """Claimable tasks in queue order: status inbox/active (or an expired claim), dependencies finished.
 
         `max_age` lets a hot loop reuse an index that recent; every claim re-checks the task under its lock.
         """
         return list(self._ready_iter(project, ids, max_age))
 
-    def _ready_iter(self, project: str | None, ids: Iterable[str] | None, max_age: float | None) -> Iterator[dict]:
+    def _ready_iter(
+        self, project: str | None, ids: Iterable[str] | None, max_age: float | None
+    ) -> Iterator[TaskSummary]:
         self.store.refresh(max_age)
         ordered, status_of = self.store.queue_view()
         wanted = set(ids) if ids is not None else None
@@ -140,7 +143,7 @@ class TaskQueue:
         scope = f" in project {project}" if project else (" in this batch" if ids is not None else "")
         raise NothingToClaim(f"nothing to claim{scope}: no task is ready (see `hypervisor preflight`)")
 
-    def _try_claim(self, known: dict, caller: str, lease: float, blocking: bool) -> dict | str | None:
+    def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool) -> dict | str | None:
         """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock."""
         task_id = known["id"]
         with fsutil.locked(self.store.lock_path(task_id), blocking=blocking) as got:
@@ -245,7 +248,7 @@ class TaskQueue:
         doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
         doc.set("attempts", attempts)
         doc.set("modified", iso(now()))
-        self._drop_claim(task_id, token)
+        self.drop_claim(task_id, token)
         self.store.write(doc)
         self.event("dead_letter", task_id, attempts=attempts, reason=rules.DEAD_LETTER_REASON,
                    last_caller=claim.caller if claim else None)  # fmt: skip
@@ -272,16 +275,10 @@ class TaskQueue:
         raise ClaimRefused(f"task {task_id} is claimed by {claim.caller}, not by {caller}")
 
     def _holder_update(self, task_id: str, token: str | None, caller: str | None, apply) -> dict:
-        known = self.store.find(task_id)
-        self.store.ensure_state()
-        with fsutil.locked(self.store.lock_path(task_id)):
-            summary, doc = self.store.read(known)
-            claim = self._authorise(task_id, summary["status"], token, caller)
-            before = doc.render()
-            result = apply(summary, doc, claim)
-            if doc.render() != before:
-                self.store.write(doc)
-            return result
+        def change(summary: TaskSummary, doc: TaskDoc) -> dict:
+            return apply(summary, doc, self._authorise(task_id, summary["status"], token, caller))
+
+        return self.store.rewrite(self.store.find(task_id), change)
 
     def renew(self, task_id: str, token: str | None = None, caller: str | None = None,
               lease_seconds: float | None = None) -> dict:  # fmt: skip
@@ -323,7 +320,7 @@ class TaskQueue:
                 if not count_attempt:
                     doc.set("attempts", claim.attempts - 1)
                 doc.set("modified", iso(now()))
-            self._drop_claim(task_id, claim.token)
+            self.drop_claim(task_id, claim.token)
             workers.drop_journal(self.store.state, task_id, claim.token)
             attempts = claim.attempts if count_attempt else claim.attempts - 1
             self.event("released", task_id, caller=claim.caller, attempts=attempts, reason=reason)
@@ -374,165 +371,13 @@ class TaskQueue:
                 duration_s=log.pop("duration_s", at - claim.claimed_at), **log,  # type: ignore[arg-type]
             )  # fmt: skip
             doc.append_to_section(worklog.HEADING, entry)
-            self._drop_claim(task_id, claim.token)
+            self.drop_claim(task_id, claim.token)
             workers.drop_journal(self.store.state, task_id, claim.token)
             self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
                        attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
             return {"id": task_id, "status": outcome, "attempts": claim.attempts, "commit": commit}
 
         return self._holder_update(task_id, token, caller, apply)
-
-    def update(self, task_id: str, token: str | None = None, caller: str | None = None, status: str | None = None,
-               assignee: str | None = None, priority: int | None = None, note: str | None = None) -> dict:  # fmt: skip
-        """Change a task's status, assignee or priority, or add a note; a claimed task needs its holder.
-
-        Status `in_progress` claims the task for `caller` (atomically, as `claim`); `active`/`inbox` on a claimed
-        task releases it; `done` and `blocked` must go through complete and block, which log the outcome.
-        """
-        if status is not None and status not in rules.STATUSES:
-            raise UsageError(f"task {task_id}: status {status!r} is not one of {', '.join(rules.STATUSES)}")
-        if priority is not None and (isinstance(priority, bool) or priority not in rules.PRIORITIES):
-            raise UsageError(f"task {task_id}: priority {priority!r} is not allowed: use an integer 0 (highest) to 4")
-        if status == "done":
-            raise ClaimRefused(f"task {task_id}: to finish a task, complete it with a summary (complete_task)")
-        if status == "blocked":
-            raise ClaimRefused(f"task {task_id}: to block a task, block it with a reason (block_task)")
-        result: dict = {"id": task_id}
-        claim = self.read_claim(task_id)
-        if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
-            if not caller:
-                raise UsageError(f"task {task_id}: name the caller to claim it (status in_progress claims the task)")
-            claimed = self.claim_next(caller, task_id=task_id)
-            token, claim = claimed["claim_token"], self.read_claim(task_id)
-            result.update(claim_token=token, lease_expires_at=claimed["lease_expires_at"], attempts=claimed["attempts"])
-            status = None
-        if status in ("active", "inbox") and claim is not None:
-            self.release(task_id, token=token, caller=caller, reason="update_task", status=status)
-            claim, status = None, None
-
-        def change(summary: dict, doc: TaskDoc, held: Claim | None) -> dict:
-            if status is not None and status != summary["status"]:
-                rules.check_transition(task_id, summary["status"], status)
-                doc.set("status", status)
-                if held is not None and status != "in_progress":
-                    self._drop_claim(task_id, held.token)
-            if assignee is not None:
-                doc.set("assignee", assignee)
-            if priority is not None:
-                doc.set("priority", priority)
-            if note:
-                who = held.holder() if held else (caller or "someone")
-                doc.append_to_section("## Notes", f"- {iso(now())} {who}: {' '.join(note.split())}")
-            if doc.changed or note:
-                doc.set("modified", iso(now()))
-            self.event("updated", task_id, caller=held.caller if held else caller,
-                       fields={k: v for k, v in (("status", status), ("assignee", assignee), ("priority", priority),
-                                                 ("note", note)) if v is not None})  # fmt: skip
-            return {**result, "status": doc.data.get("status", summary["status"])}
-
-        if claim is not None:
-            return self._holder_update(task_id, token, caller, change)
-        known = self.store.find(task_id)
-        with self.store.task_lock(task_id):
-            if self.read_claim(task_id) is not None:
-                raise ClaimRefused(f"task {task_id} was claimed meanwhile; try again with the claim's token")
-            summary, doc = self.store.read(known)
-            before = doc.render()
-            out = change(summary, doc, None)
-            if doc.render() != before:
-                self.store.write(doc)
-            return out
-
-    def listing(self, statuses: Iterable[str] = (), project: str | None = None, assignee: str | None = None,
-                ready: bool = False) -> tuple[list[dict], list[dict]]:  # fmt: skip
-        """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
-        if ready:
-            items = self.ready(project=project)
-            invalid = self.store.summaries(refresh=False)[1]
-        else:
-            items, invalid = self.store.summaries()
-        wanted = set(statuses)
-        items = [
-            s
-            for s in items
-            if (not wanted or s["status"] in wanted)
-            and (project is None or s["project"] == project)
-            and (assignee is None or s["assignee"] == assignee)
-        ]
-        if not ready:  # filter first: sorting only what is shown is what keeps `list` fast
-            items.sort(key=order_key)
-        return items, invalid
-
-    def claim_view(self, task_id: str) -> dict | None:
-        """A task's claim record as `show` and get_task present it, or None."""
-        claim = self.read_claim(task_id)
-        if claim is None:
-            return None
-        return {
-            "caller": claim.caller,
-            "worker": claim.worker,
-            "lease_expires_at": iso(claim.lease_expires_at),
-            "live": not claim.expired(now()),
-            "attempts": claim.attempts,
-        }
-
-    # -- views --------------------------------------------------------------------------------------------------
-    def stats(self, by_project: bool = False) -> dict:
-        """Counts by status, claims, readiness and dead letters (optionally per project)."""
-        valid, invalid = self.store.summaries()
-        records = self.claim_records()
-        live = self.live_claims()
-        ready_ids = {s["id"] for s in self.ready()}
-        result: dict = {
-            "total": len(valid),
-            "invalid": len(invalid),
-            "by_status": {status: 0 for status in rules.STATUSES},
-            "ready": len(ready_ids),
-            "claimed": len(live),
-            "expired_claims": len(records) - len(live),
-        }
-        projects: dict[str, dict] = {}
-        for summary in valid:
-            result["by_status"][summary["status"]] += 1
-            if by_project:
-                key = summary["project"] or "(none)"
-                bucket = projects.setdefault(key, {"total": 0, "ready": 0, **{s: 0 for s in rules.STATUSES}})
-                bucket["total"] += 1
-                bucket[summary["status"]] += 1
-                bucket["ready"] += summary["id"] in ready_ids
-        if by_project:
-            result["by_project"] = dict(sorted(projects.items()))
-        return result
-
-    def preflight(self, ids: Iterable[str] | None = None, project: str | None = None) -> dict:
-        """What a batch would do: ready tasks in order, and what is skipped and why."""
-        tasks = self.store.by_id()
-        ready_ids = [s["id"] for s in self.ready(project=project, ids=ids)]
-        ready_set = set(ready_ids)
-        live = self.live_claims()
-        status_of = {task_id: summary["status"] for task_id, summary in tasks.items()}
-        skipped: dict[str, list] = {"done": [], "cancelled": [], "claimed": [], "blocked_deps": [], "other": []}
-        missing = []
-        wanted = list(ids) if ids is not None else [t for t, s in tasks.items() if project in (None, s["project"])]
-        for task_id in wanted:
-            summary = tasks.get(task_id)
-            if summary is None:
-                missing.append(task_id)
-                continue
-            if task_id in ready_set:
-                continue
-            status = summary["status"]
-            if status in ("done", "cancelled"):
-                skipped[status].append(task_id)
-            elif task_id in live:
-                skipped["claimed"].append({"id": task_id, "by": live[task_id].caller,
-                                           "until": iso(live[task_id].lease_expires_at)})  # fmt: skip
-            elif rules.is_status_claimable(status):
-                waiting = rules.blocking_dependencies(summary["depends_on"], status_of)
-                skipped["blocked_deps"].append({"id": task_id, "waiting_on": waiting})
-            else:
-                skipped["other"].append({"id": task_id, "status": status})
-        return {"ready": ready_ids, "skipped": skipped, "missing": missing}
 
 
 def _check_caller(caller: object) -> str:

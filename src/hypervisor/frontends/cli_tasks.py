@@ -35,7 +35,9 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
     for status in statuses:
         if status not in rules.STATUSES:
             raise click.BadParameter(f"{status!r} is not one of {', '.join(rules.STATUSES)}", param_hint="--status")
-    items, invalid = ctx.queue.listing(statuses, project=project, assignee=assignee, ready=ready)
+    from ..claims import views
+
+    items, invalid = views.listing(ctx.queue, statuses, project=project, assignee=assignee, ready=ready)
     ctx.store.save_index()
     items = items[:limit]
     _warn_invalid(invalid)
@@ -58,7 +60,9 @@ def show(task_id, tasks, as_json) -> None:
     """Show one task: its fields, its claim, and its file."""
     ctx = context_for(tasks)
     summary = ctx.store.find(task_id)
-    claim_view = ctx.queue.claim_view(task_id)
+    from ..claims import views
+
+    claim_view = views.claim_view(ctx.queue, task_id)
     if as_json:
         fresh, doc = ctx.store.read(summary)
         emit_json({**fresh, "claim": claim_view, "frontmatter": doc.data, "body": doc.body})
@@ -78,7 +82,9 @@ def show(task_id, tasks, as_json) -> None:
 def stats(by_project, tasks, as_json) -> None:
     """Count tasks by status, claims, ready and invalid."""
     ctx = context_for(tasks)
-    result = ctx.queue.stats(by_project=by_project)
+    from ..claims import views
+
+    result = views.stats(ctx.queue, by_project=by_project)
     ctx.store.save_index()
     if as_json:
         emit_json(result)
@@ -101,7 +107,9 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
     """Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies)."""
     ctx = context_for(tasks)
     wanted = batch_ids(ids, batch_file)
-    result = ctx.queue.preflight(ids=wanted, project=project)
+    from ..claims import views
+
+    result = views.preflight(ctx.queue, ids=wanted, project=project)
     if as_json:
         emit_json(result)
         return

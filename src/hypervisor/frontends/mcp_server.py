@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -12,10 +12,16 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .. import __version__
-from ..claims import workers
+from ..claims import views, workers
 from ..claims.queue import TaskQueue
 from ..core import rules
-from ..core.errors import HypervisorError, NothingToClaim
+from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError
+from ..core.timeutil import iso, now
+
+if TYPE_CHECKING:
+    from ..claims.records import Claim
+    from ..tasks.task import TaskSummary
+    from ..tasks.taskfile import TaskDoc
 
 SERVER_NAME = rules.MCP_SERVER
 TOOL_NAMES = rules.MCP_TOOLS  # each a function below, named so (tests/test_mcp_server.py holds the two together)
@@ -62,6 +68,67 @@ class _Queue:
         return getattr(self._queue, name)
 
 
+def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, caller: str | None = None,
+                    status: str | None = None, assignee: str | None = None, priority: int | None = None,
+                    note: str | None = None) -> dict:  # fmt: skip
+    """update_task as the seed server had it: change a task's status, assignee or priority, or add a note; a
+    claimed task needs its holder.
+
+    Status `in_progress` claims the task for `caller` (atomically, as `claim`); `active`/`inbox` on a claimed
+    task releases it; `done` and `blocked` must go through complete and block, which log the outcome.
+    """
+    if status is not None and status not in rules.STATUSES:
+        raise UsageError(f"task {task_id}: status {status!r} is not one of {', '.join(rules.STATUSES)}")
+    if priority is not None and (isinstance(priority, bool) or priority not in rules.PRIORITIES):
+        raise UsageError(f"task {task_id}: priority {priority!r} is not allowed: use an integer 0 (highest) to 4")
+    if status == "done":
+        raise ClaimRefused(f"task {task_id}: to finish a task, complete it with a summary (complete_task)")
+    if status == "blocked":
+        raise ClaimRefused(f"task {task_id}: to block a task, block it with a reason (block_task)")
+    result: dict = {"id": task_id}
+    claim = queue.read_claim(task_id)
+    if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
+        if not caller:
+            raise UsageError(f"task {task_id}: name the caller to claim it (status in_progress claims the task)")
+        claimed = queue.claim_next(caller, task_id=task_id)
+        token, claim = claimed["claim_token"], queue.read_claim(task_id)
+        result.update(claim_token=token, lease_expires_at=claimed["lease_expires_at"], attempts=claimed["attempts"])
+        status = None
+    if status in ("active", "inbox") and claim is not None:
+        queue.release(task_id, token=token, caller=caller, reason="update_task", status=status)
+        claim, status = None, None
+
+    def change(summary: TaskSummary, doc: TaskDoc, held: Claim | None) -> dict:
+        if status is not None and status != summary["status"]:
+            rules.check_transition(task_id, summary["status"], status)
+            doc.set("status", status)
+            if held is not None and status != "in_progress":
+                queue.drop_claim(task_id, held.token)
+        if assignee is not None:
+            doc.set("assignee", assignee)
+        if priority is not None:
+            doc.set("priority", priority)
+        if note:
+            who = held.holder() if held else (caller or "someone")
+            doc.append_to_section("## Notes", f"- {iso(now())} {who}: {' '.join(note.split())}")
+        if doc.changed or note:
+            doc.set("modified", iso(now()))
+        queue.event("updated", task_id, caller=held.caller if held else caller,
+                    fields={k: v for k, v in (("status", status), ("assignee", assignee), ("priority", priority),
+                                              ("note", note)) if v is not None})  # fmt: skip
+        return {**result, "status": doc.data.get("status", summary["status"])}
+
+    if claim is not None:
+        return queue.edit(task_id, change, token=token, caller=caller)
+
+    def unclaimed(summary: TaskSummary, doc: TaskDoc) -> dict:
+        if queue.read_claim(task_id) is not None:
+            raise ClaimRefused(f"task {task_id} was claimed meanwhile; try again with the claim's token")
+        return change(summary, doc, None)
+
+    return queue.store.rewrite(queue.store.find(task_id), unclaimed)
+
+
 def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, str] | None = None) -> MCPServer:
     """An MCPServer whose tools call `queue` (or the queue a callable opens on first use, raising HypervisorError
     until it can); every HypervisorError becomes a tool error, once, here.
@@ -93,7 +160,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         """List tasks in queue order (priority, then created, then id), with their status, project and assignee."""
 
         def run() -> dict:
-            items, _ = queue.listing([status] if status else (), project=project, assignee=assignee, ready=ready)
+            items, _ = views.listing(queue, [status] if status else (), project=project, assignee=assignee, ready=ready)
             return {"count": len(items), "tasks": items[:limit]}
 
         return call(run)
@@ -104,7 +171,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
 
         def run() -> dict:
             summary, doc = queue.store.read(queue.store.find(id))
-            return {**summary, "body": doc.body, "claim": queue.claim_view(id)}
+            return {**summary, "body": doc.body, "claim": views.claim_view(queue, id)}
 
         return call(run)
 
@@ -146,7 +213,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         note: Annotated[str | None, Field(description="A note to append under '## Notes' in the task body.")] = None,
     ) -> dict:
         """Change a task's status, assignee or priority, or add a note. A claimed task needs its claim_token."""
-        return call("update", id, token=claim_token, caller=caller, status=status, assignee=assignee,
+        return call(dispatch_update, queue, id, token=claim_token, caller=caller, status=status, assignee=assignee,
                     priority=priority, note=note)  # fmt: skip
 
     @server.tool(annotations=WRITES)
@@ -180,7 +247,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         include_projects: Annotated[bool, Field(description="Add counts per project.")] = False,
     ) -> dict:
         """Count tasks by status, plus how many are ready, claimed, and invalid."""
-        return call("stats", by_project=include_projects)
+        return call(views.stats, queue, by_project=include_projects)
 
     return server
 

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from ..claims import workers
+from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
 from ..core import rules
@@ -70,7 +70,7 @@ class Supervisor:
     # -- the run ------------------------------------------------------------------------------------------------
     def preflight(self) -> dict:
         """What the batch holds: ready tasks in order, and what is skipped and why (claims nothing)."""
-        return self.queue.preflight(ids=self.options.ids, project=self.options.project)
+        return views.preflight(self.queue, ids=self.options.ids, project=self.options.project)
 
     def prepare(self) -> None:
         """Everything that can fail before a claim is made: the agent's binary and files, the git repository."""

@@ -9,19 +9,21 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
 from ..core.errors import TaskFileError, TaskNotFound
 from ..core.rules import check_task_id, queue_order
-from .task import summarize
+from .task import InvalidEntry, TaskSummary, is_invalid, summarize
 
 if TYPE_CHECKING:
     from .taskfile import TaskDoc
 
 
 INDEX_VERSION = 1
+
+T = TypeVar("T")
 
 
 def missing_root_advice(root: str) -> str:
@@ -45,8 +47,8 @@ class TaskStore:
         self._dirty = False
         self._generation = 0
         self._refreshed_at = float("-inf")
-        self._summaries: tuple[int, list[dict], list[dict]] | None = None
-        self._queue_view: tuple[int, list[dict], dict[str, str]] | None = None
+        self._summaries: tuple[int, list[TaskSummary], list[InvalidEntry]] | None = None
+        self._queue_view: tuple[int, list[TaskSummary], dict[str, str]] | None = None
 
     # -- state folder -------------------------------------------------------------------------------------------
     def ensure_state(self) -> str:
@@ -164,12 +166,12 @@ class TaskStore:
         self._entries = seen
         return reread
 
-    def _patch_in_place(self, old: list, summary: dict) -> bool:
+    def _patch_in_place(self, old: list, summary: TaskSummary | InvalidEntry) -> bool:
         """Update an index entry in place if the task keeps its id and its place in the queue (the usual change:
         a status), so the cached queue view stays valid instead of being rebuilt and re-sorted; False otherwise."""
         view = self._queue_view
         current = old[1]
-        if view is None or view[0] != self._generation or "error" in current or "error" in summary:
+        if view is None or view[0] != self._generation or is_invalid(current) or is_invalid(summary):
             return False
         if current["id"] != summary["id"] or order_key(current) != order_key(summary):
             return False
@@ -195,7 +197,7 @@ class TaskStore:
         self._entries[rel] = [signature, summary]
         self._generation += 1
 
-    def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> dict:
+    def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
         from . import taskfile
 
         path = os.path.join(self.root, rel)
@@ -207,9 +209,9 @@ class TaskStore:
             doc = taskfile.read_doc(path, st.st_size)
             return summarize(doc.data, path, rel, os.path.basename(rel)[:-3])
         except TaskFileError as error:
-            return {"error": str(error), "path": rel, "field": error.field}
+            return InvalidEntry(error=str(error), path=rel, field=error.field)
         except OSError as error:
-            return {"error": f"{path}: cannot read: {error.strerror}", "path": rel, "field": None}
+            return InvalidEntry(error=f"{path}: cannot read: {error.strerror}", path=rel, field=None)
 
     def _inside(self, path: str) -> bool:
         return os.path.commonpath([os.path.realpath(path), self.real_root]) == self.real_root
@@ -228,7 +230,7 @@ class TaskStore:
         fsutil.atomic_write(self._index_path(), json.dumps(payload, separators=(",", ":")).encode())
         self._dirty = False
 
-    def summaries(self, refresh: bool = True) -> tuple[list[dict], list[dict]]:
+    def summaries(self, refresh: bool = True) -> tuple[list[TaskSummary], list[InvalidEntry]]:
         """(valid task summaries, invalid-file reports) over the whole root; duplicate ids are invalid."""
         if not os.path.isdir(self.root):
             self.ensure_state()  # raises the clear "does not exist" message
@@ -236,11 +238,11 @@ class TaskStore:
             self.refresh()
         if self._summaries is not None and self._summaries[0] == self._generation:
             return list(self._summaries[1]), list(self._summaries[2])
-        valid: dict[str, dict] = {}
-        invalid: list[dict] = []
+        valid: dict[str, TaskSummary] = {}
+        invalid: list[InvalidEntry] = []
         duplicates: dict[str, list[str]] = {}
         for rel, (_, summary) in self._entries.items():
-            if "error" in summary:
+            if "error" in summary:  # is_invalid, inline: this loop runs over every file
                 invalid.append(summary)
                 continue
             task_id = summary["id"]
@@ -255,12 +257,12 @@ class TaskStore:
                 message = (
                     f"{os.path.join(self.root, rel)}: id: {task_id!r} is also the id of {others}; ids must be unique"
                 )
-                invalid.append({"error": message, "path": rel, "field": "id", "duplicate_of": task_id})
+                invalid.append(InvalidEntry(error=message, path=rel, field="id", duplicate_of=task_id))
         invalid.sort(key=lambda report: report["path"])
         self._summaries = (self._generation, list(valid.values()), invalid)
         return list(valid.values()), list(invalid)
 
-    def queue_view(self) -> tuple[list[dict], dict[str, str]]:
+    def queue_view(self) -> tuple[list[TaskSummary], dict[str, str]]:
         """(valid summaries in queue order, status by id) for the index as it is now; cached until it changes."""
         if self._queue_view is None or self._queue_view[0] != self._generation:
             valid, _ = self.summaries(refresh=False)
@@ -268,12 +270,12 @@ class TaskStore:
             self._queue_view = (self._generation, valid, {s["id"]: s["status"] for s in valid})
         return self._queue_view[1], self._queue_view[2]
 
-    def by_id(self, refresh: bool = True) -> dict[str, dict]:
+    def by_id(self, refresh: bool = True) -> dict[str, TaskSummary]:
         """Valid task summaries keyed by id."""
         valid, _ = self.summaries(refresh)
         return {summary["id"]: summary for summary in valid}
 
-    def find(self, task_id: str, refresh: bool = True) -> dict:
+    def find(self, task_id: str, refresh: bool = True) -> TaskSummary:
         """The summary of one task; TaskNotFound (naming duplicates or the file's error) otherwise."""
         check_task_id(task_id)
         valid, invalid = self.summaries(refresh)
@@ -285,12 +287,12 @@ class TaskStore:
                 raise TaskNotFound(f"task {task_id} cannot be used: {report['error']}")
         raise TaskNotFound(f"no task with id {task_id!r} under {self.root}; `hypervisor list` shows the ids")
 
-    def path_of(self, summary: dict) -> str:
+    def path_of(self, summary: TaskSummary) -> str:
         """Absolute path of a task's file."""
         return os.path.join(self.root, summary["path"])
 
     # -- reading and writing one task ---------------------------------------------------------------------------
-    def read(self, known: dict) -> tuple[dict, TaskDoc]:
+    def read(self, known: TaskSummary) -> tuple[TaskSummary, TaskDoc]:
         """(summary, document) of a task read fresh from its file; `known` is its index summary.
 
         TaskNotFound if the file is gone or now holds another id (moved or renamed since the index saw it).
@@ -312,10 +314,19 @@ class TaskStore:
         fsutil.atomic_write(doc.path, doc.render().encode("utf-8"))
         self.note_written(doc)
 
-    def update(self, task_id: str, change: Callable[[dict, TaskDoc], object]) -> object:
+    def update(self, task_id: str, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
         """Under the task's lock: re-read the file, apply `change(summary, doc)`, write it if anything changed."""
-        known = self.find(task_id)
-        with self.task_lock(task_id):
+        return self.rewrite(self.find(task_id), change)
+
+    def rewrite(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
+        """The one way a task file is changed: lock, re-read, change, write if changed.
+
+        Under the task's lock (blocking), the file of `known` (its index summary) is read fresh, `change(summary,
+        doc)` edits `doc` in place and returns what the caller gets back, and the file is written (atomically, the
+        index entry updated) only if its rendering differs from what was read. If `change` raises, nothing is
+        written and the exception propagates; TaskNotFound if the file is gone or now holds another id.
+        """
+        with self.task_lock(known["id"]):
             summary, doc = self.read(known)
             before = doc.render()
             result = change(summary, doc)
@@ -324,6 +335,6 @@ class TaskStore:
             return result
 
 
-def order_key(summary: dict) -> tuple:
+def order_key(summary: TaskSummary) -> tuple:
     """The queue-order sort key of a task summary."""
     return queue_order(summary["priority"], summary["created"], summary["id"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from ..core import rules
 from ..core.errors import InvalidTaskId, TaskFileError
@@ -14,6 +14,39 @@ SUMMARY_FIELDS = (
     "id", "title", "status", "priority", "project", "assignee", "depends_on",
     "tags", "scope", "attempts", "created", "modified",
 )  # fmt: skip
+
+
+class TaskSummary(TypedDict):
+    """The store's view of one valid task (what `summarize` returns, the index holds and list/list_tasks print)."""
+
+    id: str
+    title: str
+    status: str
+    priority: int
+    project: str | None
+    assignee: str | None
+    depends_on: list[str]
+    tags: list[str]
+    scope: list[str]
+    attempts: int
+    created: str | None
+    modified: str | None
+    path: str  # relative to the task root
+
+
+class InvalidEntry(TypedDict):
+    """A file the queue cannot use: what is wrong (`error`), its `path` (relative) and the frontmatter `field` at
+    fault, if one; `duplicate_of` names the id a duplicate shares. Index entries holding an "error" key are these."""
+
+    error: str
+    path: str
+    field: str | None
+    duplicate_of: NotRequired[str]
+
+
+def is_invalid(entry: TaskSummary | InvalidEntry) -> bool:
+    """Whether an index entry reports an unusable file rather than summarising a task."""
+    return "error" in entry
 
 
 def unlink(value: str) -> str:
@@ -32,7 +65,7 @@ def _string_list(path: str, name: str, value: Any) -> list[str]:
     raise TaskFileError(path, f"{value!r} is not allowed: use a list of strings", field=name)
 
 
-def summarize(data: dict, path: str, relpath: str, default_id: str) -> dict:
+def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSummary:
     """The store's view of one task: normalised fields plus `path`; TaskFileError if the queue cannot use it."""
     raw_id = data.get("id", default_id)
     if isinstance(raw_id, int) and not isinstance(raw_id, bool):

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 
+from ..claims import views
 from ..claims.queue import TaskQueue
 from ..core import fsutil
 from ..core.config import Config
@@ -315,7 +316,7 @@ class SeedBatch:
         _, doc = queue.store.read(summary)
         view = {"task_id": summary["id"], "tasks": queue.store.root}
         finished = summary["status"] in FINISHED_STATUSES
-        plan = queue.preflight(ids=[summary["id"]])
+        plan = views.preflight(queue, ids=[summary["id"]])
         if not finished and not plan["ready"]:
             skipped = plan["skipped"]
             why = [f"is claimed by {e['by']} until {e['until']}" for e in skipped["claimed"]]

@@ -1,0 +1,111 @@
+"""Read-only views of a queue shaped for the front ends: `list`/list_tasks, `show`/get_task, `stats`, `preflight`.
+
+Functions taking the TaskQueue; they read the store and the claim records and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..core import rules
+from ..core.timeutil import iso, now
+from ..tasks.store import order_key
+
+if TYPE_CHECKING:
+    from ..tasks.task import InvalidEntry, TaskSummary
+    from .queue import TaskQueue
+
+
+def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None = None, assignee: str | None = None,
+            ready: bool = False) -> tuple[list[TaskSummary], list[InvalidEntry]]:  # fmt: skip
+    """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
+    if ready:
+        items = queue.ready(project=project)
+        invalid = queue.store.summaries(refresh=False)[1]
+    else:
+        items, invalid = queue.store.summaries()
+    wanted = set(statuses)
+    items = [
+        s
+        for s in items
+        if (not wanted or s["status"] in wanted)
+        and (project is None or s["project"] == project)
+        and (assignee is None or s["assignee"] == assignee)
+    ]
+    if not ready:  # filter first: sorting only what is shown is what keeps `list` fast
+        items.sort(key=order_key)
+    return items, invalid
+
+
+def claim_view(queue: TaskQueue, task_id: str) -> dict | None:
+    """A task's claim record as `show` and get_task present it, or None."""
+    claim = queue.read_claim(task_id)
+    if claim is None:
+        return None
+    return {
+        "caller": claim.caller,
+        "worker": claim.worker,
+        "lease_expires_at": iso(claim.lease_expires_at),
+        "live": not claim.expired(now()),
+        "attempts": claim.attempts,
+    }
+
+
+def stats(queue: TaskQueue, by_project: bool = False) -> dict:
+    """Counts by status, claims, readiness and dead letters (optionally per project)."""
+    valid, invalid = queue.store.summaries()
+    records = queue.claim_records()
+    live = queue.live_claims()
+    ready_ids = {s["id"] for s in queue.ready()}
+    result: dict = {
+        "total": len(valid),
+        "invalid": len(invalid),
+        "by_status": {status: 0 for status in rules.STATUSES},
+        "ready": len(ready_ids),
+        "claimed": len(live),
+        "expired_claims": len(records) - len(live),
+    }
+    projects: dict[str, dict] = {}
+    for summary in valid:
+        result["by_status"][summary["status"]] += 1
+        if by_project:
+            key = summary["project"] or "(none)"
+            bucket = projects.setdefault(key, {"total": 0, "ready": 0, **{s: 0 for s in rules.STATUSES}})
+            bucket["total"] += 1
+            bucket[summary["status"]] += 1
+            bucket["ready"] += summary["id"] in ready_ids
+    if by_project:
+        result["by_project"] = dict(sorted(projects.items()))
+    return result
+
+
+def preflight(queue: TaskQueue, ids: Iterable[str] | None = None, project: str | None = None) -> dict:
+    """What a batch would do: ready tasks in order, and what is skipped and why."""
+    tasks = queue.store.by_id()
+    ready_ids = [s["id"] for s in queue.ready(project=project, ids=ids)]
+    ready_set = set(ready_ids)
+    live = queue.live_claims()
+    status_of = {task_id: summary["status"] for task_id, summary in tasks.items()}
+    skipped: dict[str, list] = {"done": [], "cancelled": [], "claimed": [], "blocked_deps": [], "other": []}
+    missing = []
+    wanted = list(ids) if ids is not None else [t for t, s in tasks.items() if project in (None, s["project"])]
+    for task_id in wanted:
+        summary = tasks.get(task_id)
+        if summary is None:
+            missing.append(task_id)
+            continue
+        if task_id in ready_set:
+            continue
+        status = summary["status"]
+        if status in ("done", "cancelled"):
+            skipped[status].append(task_id)
+        elif task_id in live:
+            skipped["claimed"].append({"id": task_id, "by": live[task_id].caller,
+                                       "until": iso(live[task_id].lease_expires_at)})  # fmt: skip
+        elif rules.is_status_claimable(status):
+            waiting = rules.blocking_dependencies(summary["depends_on"], status_of)
+            skipped["blocked_deps"].append({"id": task_id, "waiting_on": waiting})
+        else:
+            skipped["other"].append({"id": task_id, "status": status})
+    return {"ready": ready_ids, "skipped": skipped, "missing": missing}
