@@ -33,6 +33,7 @@ class Front:
         self.recorded = mcp_handshake.load()["versions"]
         self.version = mcp_handshake.HANDSHAKE_VERSIONS[0]
         self.write_lock = threading.Lock()
+        self.relay_lock = threading.Lock()
         self.state = threading.Condition()
         self.client_init: dict | None = None
         self.child: subprocess.Popen | None = None
@@ -106,21 +107,33 @@ class Front:
             return
         if isinstance(message, dict) and message.get("method") == "notifications/initialized":
             return  # the front sent the real server its own
-        with self.state:
-            if self.ready:
-                self.relay(message)
-            elif self.failure is not None:
-                self.answer_failure(message, self.failure)
+        # The write to the real server happens outside self.state: the thread relaying its answers takes
+        # self.state (forget), so a full pipe must not block while holding it. self.relay_lock keeps the order.
+        with self.relay_lock:
+            with self.state:
+                if not self.ready:
+                    if self.failure is None:
+                        self.pending.append(message)
+                        return
+                    failure = self.failure
+                else:
+                    failure, child = None, self.child
+                    self.track(message)
+            if failure is None:
+                self.relay(child, message)
             else:
-                self.pending.append(message)
+                self.answer_failure(message, failure)
 
-    def relay(self, message) -> None:
-        """Send one message on to the real server (called with self.state held)."""
+    def track(self, message) -> None:
+        """Note a request as in flight (called with self.state held)."""
         if isinstance(message, dict) and "id" in message and "method" in message:
             self.in_flight[json.dumps(message["id"])] = message
+
+    def relay(self, child: subprocess.Popen, message) -> None:
+        """Send one message on to the real server (called with self.relay_lock held, self.state not)."""
         try:
-            self.child.stdin.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
-            self.child.stdin.flush()
+            child.stdin.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+            child.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the reader sees the exit and answers what is in flight
 
@@ -183,11 +196,14 @@ class Front:
             return self.stopped(child)
         child.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
         child.stdin.flush()
-        with self.state:
-            self.ready = True
-            for message in self.pending:
-                self.relay(message)
-            self.pending.clear()
+        with self.relay_lock:
+            with self.state:
+                self.ready = True
+                queued, self.pending = self.pending, []
+                for message in queued:
+                    self.track(message)
+            for message in queued:
+                self.relay(child, message)
         self.compile_in_background(python)
         for line in child.stdout:
             self.forget(line)
