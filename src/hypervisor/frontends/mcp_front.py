@@ -27,9 +27,9 @@ MAX_STARTS = 3
 class Front:
     """One client connection: the handshake answered here, everything else relayed to the real server."""
 
-    def __init__(self, root: str, args: list[str], env: dict, out, err=sys.stderr) -> None:
+    def __init__(self, root: str, args: list[str], env: dict, out) -> None:
         self.root, self.args, self.env = root, args, env
-        self.out, self.err = out, err
+        self.out = out
         self.recorded = mcp_handshake.load()["versions"]
         self.version = mcp_handshake.HANDSHAKE_VERSIONS[0]
         self.write_lock = threading.Lock()
@@ -40,14 +40,14 @@ class Front:
         self.ready = False
         self.failure: str | None = None
         self.pending: list[dict] = []
-        self.in_flight: dict = {}  # id -> method of requests relayed and not yet answered
+        self.in_flight: dict = {}  # JSON of the id -> the request, for requests relayed and not yet answered
         self.closed = False
         self.starts = 0
         self.trace_path = env.get("HYPERVISOR_MCP_TRACE")
 
     # -- to the client ----------------------------------------------------------------------------------------
     def send(self, message: dict) -> None:
-        self.send_line(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.send_line(encode(message))
 
     def trace(self, event: str, detail) -> None:
         """With HYPERVISOR_MCP_TRACE=FILE, one JSON line per message in and out (for bench/ and debugging)."""
@@ -132,7 +132,7 @@ class Front:
     def relay(self, child: subprocess.Popen, message) -> None:
         """Send one message on to the real server (called with self.relay_lock held, self.state not)."""
         try:
-            child.stdin.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+            child.stdin.write(encode(message))
             child.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the reader sees the exit and answers what is in flight
@@ -155,15 +155,14 @@ class Front:
                 self.ready = False
                 orphans = list(self.in_flight.values())
                 self.in_flight.clear()
-                if self.starts >= MAX_STARTS:
-                    self.failure = stopped.replace(
-                        "Call the tool again: it is restarted.",
-                        f"It was started {MAX_STARTS} times; restart the session.",
-                    )
+                if self.starts < MAX_STARTS:
+                    reason = f"{stopped} Call the tool again: it is restarted."
+                else:
+                    reason = self.failure = f"{stopped} It was started {MAX_STARTS} times; restart the session."
                     orphans += self.pending
                     self.pending.clear()
             for message in orphans:
-                self.answer_failure(message, stopped)
+                self.answer_failure(message, reason)
             if self.failure is not None:
                 return
 
@@ -181,7 +180,7 @@ class Front:
                                  stdout=subprocess.PIPE, env=launcher.child_env(self.root, self.env))  # fmt: skip
         self.child = child
         init = {"jsonrpc": "2.0", "id": FRONT_ID, "method": "initialize", "params": params}
-        child.stdin.write(json.dumps(init).encode() + b"\n")
+        child.stdin.write(encode(init))
         child.stdin.flush()
         for line in child.stdout:
             try:
@@ -223,7 +222,7 @@ class Front:
     def stopped(self, child: subprocess.Popen) -> str:
         code = child.wait()
         return (f"hypervisor's task server stopped (exit {code}) before answering; its error is in the MCP "
-                "server's log (`claude --debug`). Call the tool again: it is restarted.")  # fmt: skip
+                "server's log (`claude --debug`).")  # fmt: skip
 
     def compile_in_background(self, python: str) -> None:
         """Bytecode for the package, so later hooks and starts skip compiling (PYTHONDONTWRITEBYTECODE or not)."""
@@ -248,6 +247,11 @@ class Front:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.terminate()
+
+
+def encode(message) -> bytes:
+    """One JSON-RPC message as a line of the stdio transport."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def main(root: str, args: list[str]) -> None:
