@@ -10,14 +10,24 @@ import time
 from . import lightjson
 
 FAULT_ENV = "HYPERVISOR_FAULT"
+PAUSE_ENV = "HYPERVISOR_PAUSE"
 
 
 def fault_point(name: str) -> None:
     """Kill this process with SIGKILL if HYPERVISOR_FAULT names this point; how tests crash code at exact places."""
-    if os.environ.get(FAULT_ENV) == name:
+    _signal_at(FAULT_ENV, name, "SIGKILL")
+
+
+def pause_point(name: str) -> None:
+    """Stop this process (SIGSTOP) if HYPERVISOR_PAUSE names this point: how tests freeze a holder mid-claim."""
+    _signal_at(PAUSE_ENV, name, "SIGSTOP")
+
+
+def _signal_at(variable: str, name: str, signal_name: str) -> None:
+    if os.environ.get(variable) == name:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, signal_name))
 
 
 def atomic_write(path: str, data: bytes, durable: bool = True) -> None:

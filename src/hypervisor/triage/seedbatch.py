@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import signal
 import socket
 
 from ..claims import views
@@ -31,12 +30,6 @@ from .seedqueue import BatchFolder, item_key, looks_like_path
 from .triage import TriageRules, decide, triage_doc, triage_edit, triage_settle
 
 RESULT_KEYS = ("item", "key", "task_id", "status", "attempts", "changes", "assignee", "kind", "close_reason", "error")
-
-
-def pause_point(name: str) -> None:
-    """Stop this process (SIGSTOP) if HYPERVISOR_PAUSE names this point: how tests freeze a holder mid-claim."""
-    if os.environ.get("HYPERVISOR_PAUSE") == name:
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _inside(root: str, path: str) -> bool:
@@ -164,7 +157,7 @@ class SeedBatch:
             if claim.get("reclaimed_from"):
                 self.note_takeover(key, item, claim["attempts"] - 1, queue.read_claim(claim["id"]).previous)
             fsutil.fault_point("batch-locked")
-        pause_point("batch-processing")
+        fsutil.pause_point("batch-processing")
         return self.process(queue, item, key, claim)
 
     def note_takeover(self, key: str, item: str, attempt: int, previous: dict | None) -> dict:

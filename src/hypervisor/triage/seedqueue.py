@@ -50,6 +50,12 @@ def load_record(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def write_record(path: str, record: dict) -> None:
+    """One results/ record as YAML, written atomically."""
+    data = yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=2**16)
+    fsutil.atomic_write(path, data.encode("utf-8"))
+
+
 class BatchFolder:
     """queue.txt, locks/ and results/ of one batch folder."""
 
@@ -123,8 +129,7 @@ class BatchFolder:
         return None
 
     def write_result(self, key: str, record: dict) -> None:
-        data = yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=2**16)
-        fsutil.atomic_write(self.result_path(key), data.encode("utf-8"))
+        write_record(self.result_path(key), record)
 
     def drop_pending(self, key: str) -> None:
         if self.pending(key) is not None:
@@ -147,8 +152,7 @@ class BatchFolder:
         record = self.error_record(key)
         record.update(item=item or record["item"], attempts=max(record["attempts"], attempt), last_error=message)
         record["history"].append({"attempt": attempt, "worker": worker, "at": iso(now()), "error": message})
-        data = yaml.safe_dump(record, sort_keys=False, allow_unicode=True, width=2**16)
-        fsutil.atomic_write(self.error_path(key), data.encode("utf-8"))
+        write_record(self.error_path(key), record)
         return record
 
     def commit(self, key: str, record: dict) -> None:
