@@ -128,13 +128,13 @@ def test_block_records_the_reason(root, queue):
     queue.block("a", token=claim["claim_token"], reason="needs the API key")
     data = fields(path)
     assert data["status"] == "blocked" and data["blocked_reason"] == "needs the API key"
-    with pytest.raises(ClaimRefused, match="no live claim"):
+    with pytest.raises(ClaimRefused, match="no claim holds it"):
         queue.complete("a", token=claim["claim_token"], summary="x")
 
 
 def test_hand_set_in_progress_is_not_claimable(root, queue):
     write_task(root, "a", status="in_progress", assignee="someone")
-    with pytest.raises(ClaimRefused, match="is in_progress"):
+    with pytest.raises(ClaimRefused, match="set in_progress by hand"):
         queue.claim_next("w", task_id="a")
 
 
@@ -173,7 +173,7 @@ def test_the_holder_cancelling_its_task_ends_the_claim(root, queue):
     dispatch_update(queue, "a", token=claim["claim_token"], status="cancelled", note="not needed")
     assert fields(path)["status"] == "cancelled" and queue.read_claim("a") is None
     assert queue.live_claims() == {} and queue.claim_records() == {}
-    with pytest.raises(ClaimRefused, match="no live claim"):
+    with pytest.raises(ClaimRefused, match="no claim holds it"):
         queue.renew("a", token=claim["claim_token"])
 
 

@@ -9,18 +9,25 @@ from collections.abc import Iterable, Iterator
 
 from ..core import fsutil, rules
 from ..core.config import Config
-from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError
+from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
 from ..core.timeutil import humanize, iso, now
 from ..tasks import worklog
 from ..tasks.store import TaskStore
 from ..tasks.task import TaskSummary
 from ..tasks.taskfile import TaskDoc
+from . import advice, recovery, workers
 from . import records as claims
-from . import workers
 from .backend import FileClaims, open_claims, resolve_backend
 from .records import Claim
 
 INDEX_MAX_AGE = 1.0
+
+
+def warn(text: str) -> None:
+    """A line on stderr about something that went wrong beside the change that was made."""
+    import sys
+
+    print(f"hypervisor: warning: {text}", file=sys.stderr)
 
 
 class TaskQueue:
@@ -54,8 +61,14 @@ class TaskQueue:
             raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile{holder}; stop work on it")
 
     def event(self, kind: str, task_id: str, **fields: object) -> None:
-        """Record one transition in the event log (events.jsonl, or the Redis stream)."""
-        self.claims.event({"ts": iso(now()), "event": kind, "task": task_id, **fields})
+        """Record one transition in the event log (events.jsonl, or the Redis stream).
+
+        The log is written last, after the change it records: a log that cannot be written (a full disk) costs
+        the log line, said on stderr, never the change itself."""
+        try:
+            self.claims.event({"ts": iso(now()), "event": kind, "task": task_id, **fields})
+        except OSError as error:
+            warn(f"the {kind} event of task {task_id} was not logged: {storage_error(error)}")
 
     def events(self, since: object = None) -> list[dict]:
         """The transitions recorded after the cursor `since` (from `events_cursor`), or all of them."""
@@ -92,8 +105,9 @@ class TaskQueue:
                 continue
             live = self.claims.lease_state(task_id, status, at) if task_id in with_record else None
             if live is None and not rules.is_status_claimable(status):
-                continue  # its claim record vanished meanwhile: an in_progress task nobody holds is left alone
-            if live:
+                if recovery.stranded_wait(self.store, summary, self.config.lease_seconds, at) > 0:
+                    continue  # in_progress with no claim: claimable once it has been left alone a whole lease
+            elif live:
                 continue
             if rules.blocking_dependencies(summary["depends_on"], status_of):
                 continue
@@ -101,7 +115,7 @@ class TaskQueue:
 
     @staticmethod
     def _claimable_status(status: str, has_claim_record: bool) -> bool:
-        return rules.is_status_claimable(status) or (status == "in_progress" and has_claim_record)
+        return rules.is_status_claimable(status) or status == "in_progress"
 
     # -- claiming -----------------------------------------------------------------------------------------------
     def claim_next(
@@ -144,7 +158,12 @@ class TaskQueue:
         raise NothingToClaim(f"nothing to claim{scope}: no task is ready (see `hypervisor preflight`)")
 
     def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool) -> dict | str | None:
-        """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock."""
+        """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock.
+
+        The order is what keeps every failure recoverable: the claim record first (the one winner), then the task
+        file; if the file cannot be written the record is dropped again, so no claim outlives a token that was
+        never printed. A kill between the two leaves a live claim whose file does not show it: the next touch
+        writes it back (recovery.agree), and the lease running out frees it."""
         task_id = known["id"]
         with fsutil.locked(self.store.lock_path(task_id), blocking=blocking) as got:
             if not got:
@@ -153,7 +172,7 @@ class TaskQueue:
             # this read moves the fence, so a file read older than its change can never win the acquire below.
             claim, fence = self.claims.read_fenced(task_id)
             try:
-                summary, doc = self.store.read(known)
+                summary, _ = self.store.read(known)
             except TaskNotFound as error:
                 return str(error)
             at = now()
@@ -163,15 +182,24 @@ class TaskQueue:
                     f"({humanize(claim.lease_expires_at - at)} left); claim another task"
                 )
             status = summary["status"]
-            if not self._claimable_status(status, claim is not None):
-                return f"task {task_id} is {status}; only inbox or active tasks can be claimed"
+            stranded = status == "in_progress" and claim is None
+            if stranded:
+                wait = recovery.stranded_wait(self.store, summary, self.config.lease_seconds, at)
+                if wait > 0:
+                    return advice.stranded(task_id, summary, wait)
+            elif not self._claimable_status(status, claim is not None):
+                return advice.unclaimable(task_id, summary)
             waiting = rules.blocking_dependencies(summary["depends_on"], self.store.queue_view()[1])
             if waiting:
-                return f"task {task_id} waits on unfinished dependencies: {', '.join(waiting)}"
+                return (
+                    f"task {task_id} waits on unfinished dependencies: {', '.join(waiting)}; finish those first, "
+                    "or claim another task"
+                )
             attempts = max(summary["attempts"], claim.attempts if claim else 0) + 1
             previous = None
             if claim is not None:
                 previous = {"caller": claim.caller, "token": claim.token, "lease_expires_at": claim.lease_expires_at}
+            before = claim.status_before if claim else ("active" if stranded else status)
             new = Claim(
                 task_id=task_id,
                 token=secrets.token_hex(16),
@@ -181,8 +209,8 @@ class TaskQueue:
                 lease_expires_at=at + lease,
                 attempts=attempts,
                 path=summary["path"],
-                status_before=claim.status_before if claim else status,
-                assignee_before=claim.assignee_before if claim else summary["assignee"],
+                status_before=before,
+                assignee_before=claim.assignee_before if claim else (None if stranded else summary["assignee"]),
                 previous=previous,
                 scope=summary["scope"],
             )
@@ -190,21 +218,32 @@ class TaskQueue:
             if winner is not None:
                 return f"task {task_id} was claimed meanwhile by {winner.caller}; claim another task"
             if attempts > self.config.max_attempts:
-                self._dead_letter(task_id, doc, claim, new.token, attempts - 1)
+                self._dead_letter(known, claim, new.token, attempts - 1)
                 return (
-                    f"task {task_id} failed {attempts - 1} attempts (max_attempts {self.config.max_attempts}) "
-                    "and was moved to blocked"
+                    f"task {task_id} failed {attempts - 1} attempts (max_attempts {self.config.max_attempts}) and was "
+                    f"moved to blocked; claim another task (a person can retry it with `hypervisor reopen {task_id} "
+                    "--reset-attempts`)"
                 )
+            fsutil.fault_point("claim-recorded")
+            note = recovery.stranded_note(summary, caller, at) if stranded else None
+
+            def take(_: TaskSummary, doc: TaskDoc) -> None:
+                doc.set("status", "in_progress")
+                doc.set("assignee", caller)
+                doc.set("attempts", attempts)
+                doc.set("modified", iso(at))
+                if note:
+                    doc.append_to_section(worklog.HEADING, note)
+
+            try:
+                self.store.rewrite_locked(known, take)
+            except BaseException:
+                self.claims.drop(task_id, new.token)  # the token was never handed out: nobody may hold the task
+                raise
             if claim is not None:
                 workers.drop_journal(self.store.state, task_id, claim.token)
-            fsutil.fault_point("claim-recorded")
-            doc.set("status", "in_progress")
-            doc.set("assignee", caller)
-            doc.set("attempts", attempts)
-            doc.set("modified", iso(at))
-            self.store.write(doc)
             self.event(
-                "taken_over" if claim is not None else "claimed",
+                "taken_over" if claim is not None or stranded else "claimed",
                 task_id,
                 caller=caller,
                 attempts=attempts,
@@ -212,6 +251,7 @@ class TaskQueue:
                 host=self.host,
                 pid=os.getpid(),
                 **({"previous_caller": claim.caller} if claim else {}),
+                **({"previous_caller": summary["assignee"], "reason": "stranded"} if stranded else {}),
             )
             result = dict(summary)
             result.update(
@@ -223,6 +263,8 @@ class TaskQueue:
             )
             if claim is not None:
                 result["reclaimed_from"] = claim.caller
+            elif stranded:
+                result["reclaimed_from"] = summary["assignee"] or "nobody (stranded)"
             return result
 
     def handed_over(self, task_id: str, token: str) -> dict:
@@ -242,29 +284,33 @@ class TaskQueue:
         result.update(claim_token=claim.token, lease_expires_at=iso(claim.lease_expires_at), attempts=claim.attempts)
         return result
 
-    def _dead_letter(self, task_id: str, doc: TaskDoc, claim: Claim | None, token: str, attempts: int) -> None:
-        """Block a task found over max_attempts at claim time, under the claim `token` just taken for it."""
-        doc.set("status", "blocked")
-        doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
-        doc.set("attempts", attempts)
-        doc.set("modified", iso(now()))
-        self.drop_claim(task_id, token)
-        self.store.write(doc)
+    def _dead_letter(self, known: TaskSummary, claim: Claim | None, token: str, attempts: int) -> None:
+        """Block a task found over max_attempts at claim time, under the claim `token` just taken for it: the file
+        first, then the claim ends (a failed write drops the claim too, leaving the task as it was)."""
+        task_id = known["id"]
+
+        def block(_: TaskSummary, doc: TaskDoc) -> None:
+            doc.set("status", "blocked")
+            doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
+            doc.set("attempts", attempts)
+            doc.set("modified", iso(now()))
+
+        try:
+            self.store.rewrite_locked(known, block)
+        finally:
+            self.claims.drop(task_id, token)
         self.event("dead_letter", task_id, attempts=attempts, reason=rules.DEAD_LETTER_REASON,
                    last_caller=claim.caller if claim else None)  # fmt: skip
 
     # -- holder operations --------------------------------------------------------------------------------------
-    def _authorise(self, task_id: str, status: str, token: str | None, caller: str | None) -> Claim:
+    def _authorise(self, task_id: str, summary: TaskSummary, token: str | None, caller: str | None) -> Claim:
         """The live claim if `token` (or `caller`) holds it; ClaimRefused with what to do next otherwise."""
         if not token and not caller:
             raise UsageError(f"task {task_id}: give the claim token (or the caller that holds the claim)")
         claim = self.read_claim(task_id)
         at = now()
         if claim is None:
-            raise ClaimRefused(
-                f"claim lost: task {task_id} has no live claim (it is {status}); "
-                "claim it again before changing it, or pick another task"
-            )
+            raise ClaimRefused(advice.no_claim(task_id, summary, self._stranded_wait(summary, at)))
         if token:
             problem = claims.token_problem(claim, token, at)
             if problem:
@@ -272,31 +318,61 @@ class TaskQueue:
             return claim
         if caller == claim.caller:
             return claim
-        raise ClaimRefused(f"task {task_id} is claimed by {claim.caller}, not by {caller}")
+        raise ClaimRefused(advice.held_by_other(task_id, claim, caller or ""))
 
-    def _holder_update(self, task_id: str, token: str | None, caller: str | None, apply) -> dict:
-        def change(summary: TaskSummary, doc: TaskDoc) -> dict:
-            return apply(summary, doc, self._authorise(task_id, summary["status"], token, caller))
+    def _stranded_wait(self, summary: TaskSummary, at: float) -> float:
+        return recovery.stranded_wait(self.store, summary, self.config.lease_seconds, at)
 
-        return self.store.rewrite(self.store.find(task_id), change)
+    def _holder_update(self, task_id: str, token: str | None, caller: str | None, patch, settle=None) -> dict:
+        """Under the task's lock: `patch(summary, doc, claim)` the file of a task `token`/`caller` holds (re-applied if
+        a person saves it meanwhile), then `settle(result, claim)` once the file is written."""
+        known = self.store.find(task_id)
+        with self.store.task_lock(task_id):
+            held: list[Claim] = []
+
+            def change(summary: TaskSummary, doc: TaskDoc) -> dict:
+                held[:] = [self._authorise(task_id, summary, token, caller)]
+                return patch(summary, doc, held[0])
+
+            result = self.store.rewrite_locked(known, change)
+            return settle(result, held[0]) if settle is not None else result
 
     def renew(self, task_id: str, token: str | None = None, caller: str | None = None,
               lease_seconds: float | None = None) -> dict:  # fmt: skip
-        """Extend the lease of a live claim from now; returns `task_id` and the new `lease_expires_at`."""
+        """Extend the lease of a live claim from now; returns `task_id` and the new `lease_expires_at`.
 
-        def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
+        A file that no longer shows the claim (an editor saved an old buffer) is written back; a file a person
+        marked done, blocked, review or cancelled ends the claim instead, and the renewal is refused."""
+        known = self.store.find(task_id)
+        with self.store.task_lock(task_id):
+            summary, _ = self.store.read(known)
+            claim = self._authorise(task_id, summary, token, caller)
+            if summary["status"] in recovery.ENDED_BY_FILE:
+                recovery.end_claim(self, claim, summary["status"])
+                raise ClaimRefused(advice.ended_by_file(task_id, summary["status"]))
             renewed = self.claims.renew(task_id, claim.token, lease_seconds)
             if renewed is None:
                 raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile; stop work on it")
-            claim = renewed
-            self.event("renewed", task_id, caller=claim.caller, lease_expires_at=iso(claim.lease_expires_at))
-            return {"id": task_id, "lease_expires_at": iso(claim.lease_expires_at), "caller": claim.caller}
+            recovery.write_back(self, known, renewed)
+            self.event("renewed", task_id, caller=renewed.caller, lease_expires_at=iso(renewed.lease_expires_at))
+            return {"id": task_id, "lease_expires_at": iso(renewed.lease_expires_at), "caller": renewed.caller}
 
-        return self._holder_update(task_id, token, caller, apply)
+    def reconcile(self, task_id: str) -> str | None:
+        """Rule 2 for one task: make its file agree with its live claim (or end a claim its file says is over);
+        what was done (`restored`, `ended`) or None."""
+        return recovery.reconcile(self, task_id)
 
-    def edit(self, task_id: str, change, token: str | None = None, caller: str | None = None) -> object:
-        """Apply `change(summary, doc, claim)` to a claimed task's document under its lock (holder only)."""
-        return self._holder_update(task_id, token, caller, change)
+    def reopen(self, task_id: str, reason: str | None = None, reset_attempts: bool = False,
+               who: str | None = None) -> dict:  # fmt: skip
+        """A blocked, dead-lettered, done, cancelled, review or stranded task back to `active`, logged in its body."""
+        return recovery.reopen(self, task_id, reason, reset_attempts, who)
+
+    def edit(self, task_id: str, change, token: str | None = None, caller: str | None = None,
+             settle=None) -> object:  # fmt: skip
+        """Apply `change(summary, doc, claim)` to a claimed task's document under its lock (holder only); it may
+        run more than once (a person's save meanwhile) and must change nothing but `doc`. `settle(result, claim)`
+        runs once, after the file is written (claim records and events go there)."""
+        return self._holder_update(task_id, token, caller, change, settle)
 
     def release(self, task_id: str, token: str | None = None, caller: str | None = None,
                 reason: str | None = None, status: str | None = None, assignee: str | None = None,
@@ -304,12 +380,13 @@ class TaskQueue:
         """Give a claimed task back to the queue, in `status` (default: its status before the claim).
 
         The assignee goes back to what it was unless `assignee` is given. The attempt stays counted unless
-        `count_attempt` is False (triage's claims are bookkeeping, not tries at the work).
+        `count_attempt` is False (triage's claims are bookkeeping, not tries at the work). The file is written
+        first and the claim ended after, so a failed write leaves the claim as it was.
         """
         if status is not None and not rules.is_status_claimable(status):
             raise UsageError(f"a released task goes back to inbox or active, not {status!r}")
 
-        def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
+        def patch(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
             if summary["status"] == "in_progress":
                 doc.set("status", status or claim.status_before)
                 restored = assignee or claim.assignee_before
@@ -320,13 +397,21 @@ class TaskQueue:
                 if not count_attempt:
                     doc.set("attempts", claim.attempts - 1)
                 doc.set("modified", iso(now()))
-            self.drop_claim(task_id, claim.token)
-            workers.drop_journal(self.store.state, task_id, claim.token)
             attempts = claim.attempts if count_attempt else claim.attempts - 1
-            self.event("released", task_id, caller=claim.caller, attempts=attempts, reason=reason)
             return {"id": task_id, "status": doc.data.get("status"), "attempts": attempts}
 
-        return self._holder_update(task_id, token, caller, apply)
+        def settle(result: dict, claim: Claim) -> dict:
+            self.end(claim)
+            self.event("released", task_id, caller=claim.caller, attempts=result["attempts"], reason=reason)
+            return result
+
+        return self._holder_update(task_id, token, caller, patch, settle)
+
+    def end(self, claim: Claim) -> None:
+        """End a claim whose outcome is already in the task file (its record, then its journal)."""
+        if not self.claims.drop(claim.task_id, claim.token):
+            warn(f"task {claim.task_id} was taken over while it was being finished; its file holds the outcome")
+        workers.drop_journal(self.store.state, claim.task_id, claim.token)
 
     def complete(self, task_id: str, token: str | None = None, caller: str | None = None, summary: str = "",
                  commit: str | None = None, **log: object) -> dict:  # fmt: skip
@@ -350,7 +435,11 @@ class TaskQueue:
     def _finish(self, task_id: str, token: str | None, caller: str | None, outcome: str, text: str,
                 commit: str | None = None, blocked_reason: str | None = None, event: str | None = None,
                 **log: object) -> dict:  # fmt: skip
-        def apply(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
+        """Write the outcome and its worker-log entry into the file, then end the claim, then log the event: a
+        failure before the file is written changes nothing; one after it leaves an outcome whose claim the next
+        touch ends (recovery.reconcile)."""
+
+        def patch(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
             rules.check_transition(task_id, summary["status"], outcome)
             at = now()
             doc.set("status", outcome)
@@ -363,21 +452,25 @@ class TaskQueue:
                 doc.set("blocked_reason", blocked_reason or " ".join(text.split()))
             doc.set("modified", iso(at))
             files, calls = workers.journal_summary(self.store.state, task_id, claim.token)
-            log.setdefault("files", files)
+            extra = dict(log)
+            extra.setdefault("files", files)
             if calls:
-                log.setdefault("tool_calls", calls + 1)  # the hooks journal each call after it ran: add this one
+                extra.setdefault("tool_calls", calls + 1)  # the hooks journal each call after it ran: add this one
             entry = worklog.format_entry(
                 at, claim.holder(), outcome, text, commit=commit,
-                duration_s=log.pop("duration_s", at - claim.claimed_at), **log,  # type: ignore[arg-type]
+                duration_s=extra.pop("duration_s", at - claim.claimed_at), **extra,  # type: ignore[arg-type]
             )  # fmt: skip
             doc.append_to_section(worklog.HEADING, entry)
-            self.drop_claim(task_id, claim.token)
-            workers.drop_journal(self.store.state, task_id, claim.token)
-            self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
-                       attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
             return {"id": task_id, "status": outcome, "attempts": claim.attempts, "commit": commit}
 
-        return self._holder_update(task_id, token, caller, apply)
+        def settle(result: dict, claim: Claim) -> dict:
+            fsutil.fault_point("outcome-written")
+            self.end(claim)
+            self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
+                       attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
+            return result
+
+        return self._holder_update(task_id, token, caller, patch, settle)
 
 
 def _check_caller(caller: object) -> str:

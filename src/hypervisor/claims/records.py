@@ -126,6 +126,29 @@ def _well_formed(data: dict) -> bool:
     )  # fmt: skip
 
 
+def file_shows(state: str, claim: Claim) -> bool:
+    """Whether the task file of `claim` says `status: in_progress` by its caller: a cheap look at two frontmatter
+    lines (no YAML parser), for the hooks; True when the file cannot be read or says something unusual, since the
+    queue's own reconcile makes the real comparison."""
+    path = os.path.join(os.path.dirname(state), claim.path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(65536).decode("utf-8", "replace")
+    except OSError:
+        return True
+    lines = head.lstrip("\ufeff").splitlines()
+    if not lines or lines[0].rstrip() != "---":
+        return True
+    found: dict[str, str] = {}
+    for line in lines[1:]:
+        if line.rstrip() in ("---", "..."):
+            break
+        key, colon, value = line.partition(":")
+        if colon and key in ("status", "assignee"):
+            found[key] = value.split(" #", 1)[0].strip().strip("\"'")
+    return found.get("status") == "in_progress" and found.get("assignee") == claim.caller
+
+
 def write_claim(state: str, claim: Claim) -> None:
     fsutil.atomic_write_json(claim_path(state, claim.task_id), claim.to_json())
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..core import rules
 from ..core.timeutil import iso, now
 from ..tasks.store import order_key
+from . import recovery
 
 if TYPE_CHECKING:
     from ..tasks.task import InvalidEntry, TaskSummary
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None = None, assignee: str | None = None,
             ready: bool = False) -> tuple[list[TaskSummary], list[InvalidEntry]]:  # fmt: skip
     """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
+    queue.store.refresh()
+    recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
     if ready:
         items = queue.ready(project=project)
         invalid = queue.store.summaries(refresh=False)[1]

@@ -54,3 +54,36 @@ class HookInputError(HypervisorError):
 
 class BackendError(HypervisorError):
     """The claim backend is misconfigured or cannot be reached: names the backend and what to check."""
+
+
+class StorageError(HypervisorError):
+    """A file hypervisor had to write or read could not be: names the file, the cause and what to do about it."""
+
+
+class ConcurrentEdit(HypervisorError):
+    """A task file kept changing under hypervisor's write (someone saving it again and again): nothing was written."""
+
+
+# What to do about the storage errors a person can fix, by errno name.
+_STORAGE_ADVICE = {
+    "ENOSPC": "free space on that disk, then run the command again",
+    "EDQUOT": "the disk quota is used up: free some of it, then run the command again",
+    "EROFS": "the file system is mounted read-only: remount it writable (or use --tasks on a writable copy), then "
+    "run the command again",
+    "EACCES": "this user may not write there: fix the permissions (ls -l shows them), then run the command again",
+    "EPERM": "the file is protected (immutable or owned by another user): fix that, then run the command again",
+    "EIO": "the disk reported an I/O error: check the disk (dmesg), then run the command again",
+}
+
+
+def storage_error(error: OSError) -> HypervisorError:
+    """An OSError from the file system as the one-line StorageError the edges print (path, cause, advice); an
+    OSError with no fixable cause is returned as a StorageError too, with its own text."""
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(error.errno or 0, "")
+    where = error.filename if error.filename is not None else "a file"
+    cause = f"{error.strerror or error} ({name})" if name else str(error.strerror or error)
+    advice = _STORAGE_ADVICE.get(name, "check that file, then run the command again")
+    verb = "cannot write" if name in ("ENOSPC", "EDQUOT", "EROFS") else "cannot use"
+    return StorageError(f"{verb} {where}: {cause}; {advice}")

@@ -36,33 +36,141 @@ def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
     `durable=False` skips the fsyncs: still atomic for readers, but a power cut may lose the write (for live views
     that are rewritten often and rebuilt anyway)."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = _temp_file_beside(path)
+    try:
+        fd, tmp = _temp_file_beside(path)
+    except OSError as error:
+        raise _naming(error, path) from None
     try:
         try:
             os.fchmod(fd, os.stat(path).st_mode & 0o7777)
         except FileNotFoundError:
             pass
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            fault_point("write-partial")
-            view = view[written:]
+        _write_all(fd, data)
         if durable:
             os.fsync(fd)
         os.close(fd)
         fd = -1
         fault_point("write-before-replace")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if fd >= 0:
             os.close(fd)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
         raise
     if durable:
         _fsync_dir(directory)
+
+
+def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: int) -> bool:
+    """Replace `path` with `data` only if it still is the file that was read (inode `expected_ino`, bytes
+    `expected`); False, with the file untouched, if someone changed it since.
+
+    People's editors take no lock, so a plain check-then-replace could throw away a save landing between the check
+    and the replace. Where the file system can (Linux renameat2 RENAME_EXCHANGE), the new file is swapped in
+    atomically and the file it displaced is compared afterwards: a save made at any moment before the swap is seen
+    and swapped back. Elsewhere the check is made just before os.replace, which narrows the window to microseconds.
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        fd, tmp = _temp_file_beside(path)
+    except OSError as error:
+        raise _naming(error, path) from None
+    try:
+        try:
+            st = os.stat(path)
+            os.fchmod(fd, st.st_mode & 0o7777)
+        except FileNotFoundError:
+            os.close(fd)
+            fd = -1
+            return False
+        _write_all(fd, data)
+        os.fsync(fd)
+        ours = os.fstat(fd).st_ino
+        os.close(fd)
+        fd = -1
+        fault_point("write-before-replace")
+        swapped = _exchange(tmp, path)
+        if swapped is None:  # no RENAME_EXCHANGE here: check, then replace
+            if not _holds(path, expected, expected_ino):
+                return False
+            os.replace(tmp, path)
+        elif not _holds(tmp, expected, expected_ino):
+            _exchange(tmp, path)  # put their file back
+            try:
+                if os.stat(tmp).st_ino != ours:  # yet another save landed between the two swaps: it is the newest
+                    os.replace(tmp, path)
+            except FileNotFoundError:
+                pass
+            return False
+    except OSError as error:
+        raise _naming(error, path) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    _fsync_dir(directory)
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        fault_point("write-partial")
+        view = view[written:]
+
+
+def _holds(path: str, expected: bytes, expected_ino: int) -> bool:
+    """Whether `path` is inode `expected_ino` holding exactly `expected`."""
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_ino != expected_ino:
+                return False
+            return handle.read(len(expected) + 1) == expected
+    except FileNotFoundError:
+        return False
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: object = None  # None: not looked up yet; False: not available
+
+
+def _exchange(a: str, b: str) -> bool | None:
+    """Atomically swap the files at `a` and `b` (renameat2 RENAME_EXCHANGE); None where the system cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (ImportError, OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return None
+    import ctypes
+
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:  # type: ignore[operator]
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None  # this file system cannot exchange (NFS, some overlays)
+    raise OSError(code, os.strerror(code), b)
+
+
+def _naming(error: OSError, path: str) -> OSError:
+    """`error` naming `path` (the file being written) rather than a temporary file beside it."""
+    if error.filename == path:
+        return error
+    return type(error)(error.errno, error.strerror, path)
 
 
 def _temp_file_beside(path: str) -> tuple[int, str]:

@@ -17,7 +17,7 @@ import click
 from .. import __version__
 from ..claims.backend import open_claims, resolve_backend
 from ..core.config import Config, load_config, resolve_task_root
-from ..core.errors import HypervisorError
+from ..core.errors import HypervisorError, storage_error
 
 if TYPE_CHECKING:
     from ..claims.queue import TaskQueue
@@ -65,6 +65,10 @@ class HypervisorGroup(click.Group):
         except HypervisorError as error:
             click.echo(f"hypervisor: {error}", err=True)
             ctx.exit(error.exit_code)
+        except OSError as error:  # a full, read-only or failing disk: one line naming the file, never a traceback
+            problem = storage_error(error)
+            click.echo(f"hypervisor: {problem}", err=True)
+            ctx.exit(problem.exit_code)
 
 
 def tasks_option(func):

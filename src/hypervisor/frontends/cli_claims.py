@@ -90,3 +90,34 @@ def complete(ctx: Context, task_id, token, caller, summary, commit) -> tuple[dic
 def block(ctx: Context, task_id, token, caller, reason) -> tuple[dict, str]:
     """Mark your claimed task ID blocked with a reason."""
     return ctx.queue.block(task_id, token=token, caller=caller, reason=reason), f"blocked {task_id}"
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--reason", metavar="R", help="Why it is reopened (goes into its worker log).")
+@click.option(
+    "--reset-attempts",
+    is_flag=True,
+    help="Give it all of max_attempts again (a dead-lettered task otherwise gets one more attempt).",
+)
+@tasks_option
+@json_option
+def reopen(task_id, reason, reset_attempts, tasks, as_json) -> None:
+    """Put a blocked, dead-lettered, done, cancelled, review or stranded task ID back to active.
+
+    \b
+    A line in its worker log says who reopened it, from what, and why. Refused
+    while a live claim holds the task (its holder can release it).
+    Example:
+      hypervisor reopen fix-login --reason "the API key is in the vault now" --reset-attempts
+    """
+    ctx = context_for(tasks)
+    result = ctx.queue.reopen(task_id, reason=reason, reset_attempts=reset_attempts)
+    ctx.store.save_index()
+    if as_json:
+        emit_json(result)
+    else:
+        left = result["attempts_left"]
+        click.echo(
+            f"reopened {task_id}: {result['previous_status']} -> active ({left} attempt{'s' * (left != 1)} left)"
+        )

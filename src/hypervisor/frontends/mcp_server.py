@@ -12,10 +12,10 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .. import __version__
-from ..claims import views, workers
+from ..claims import recovery, views, workers
 from ..claims.queue import TaskQueue
 from ..core import rules
-from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError
+from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError, storage_error
 from ..core.timeutil import iso, now
 
 if TYPE_CHECKING:
@@ -94,16 +94,23 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
         token, claim = claimed["claim_token"], queue.read_claim(task_id)
         result.update(claim_token=token, lease_expires_at=claimed["lease_expires_at"], attempts=claimed["attempts"])
         status = None
-    if status in ("active", "inbox") and claim is not None:
+    if status in ("active", "inbox") and claim is not None and not claim.expired(now()):
         queue.release(task_id, token=token, caller=caller, reason="update_task", status=status)
         claim, status = None, None
+    if status in ("active", "inbox") and queue.store.find(task_id)["status"] in recovery.REOPENABLE:
+        reopened = queue.reopen(task_id, reason=" ".join(note.split()) if note else None, who=caller)
+        result.update(attempts=reopened["attempts"], attempts_left=reopened["attempts_left"])
+        claim, note = None, None
+        status = None if status == "active" else status
+    ended: list[Claim] = []
 
     def change(summary: TaskSummary, doc: TaskDoc, held: Claim | None) -> dict:
+        ended.clear()
         if status is not None and status != summary["status"]:
             rules.check_transition(task_id, summary["status"], status)
             doc.set("status", status)
             if held is not None and status != "in_progress":
-                queue.drop_claim(task_id, held.token)
+                ended.append(held)
         if assignee is not None:
             doc.set("assignee", assignee)
         if priority is not None:
@@ -113,20 +120,25 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
             doc.append_to_section("## Notes", f"- {iso(now())} {who}: {' '.join(note.split())}")
         if doc.changed or note:
             doc.set("modified", iso(now()))
+        return {**result, "status": doc.data.get("status", summary["status"])}
+
+    def settle(answer: dict, held: Claim | None) -> dict:
+        for claim in ended:
+            queue.end(claim)
         queue.event("updated", task_id, caller=held.caller if held else caller,
                     fields={k: v for k, v in (("status", status), ("assignee", assignee), ("priority", priority),
                                               ("note", note)) if v is not None})  # fmt: skip
-        return {**result, "status": doc.data.get("status", summary["status"])}
+        return answer
 
     if claim is not None:
-        return queue.edit(task_id, change, token=token, caller=caller)
-
-    def unclaimed(summary: TaskSummary, doc: TaskDoc) -> dict:
-        if queue.read_claim(task_id) is not None:
-            raise ClaimRefused(f"task {task_id} was claimed meanwhile; try again with the claim's token")
-        return change(summary, doc, None)
-
-    return queue.store.rewrite(queue.store.find(task_id), unclaimed)
+        return queue.edit(task_id, change, token=token, caller=caller, settle=settle)
+    known = queue.store.find(task_id)
+    with queue.store.task_lock(task_id):
+        current = queue.read_claim(task_id)
+        if current is not None and not current.expired(now()):
+            raise ClaimRefused(f"task {task_id} was claimed meanwhile by {current.caller}; claim another task")
+        answer = queue.store.rewrite_locked(known, lambda summary, doc: change(summary, doc, None))
+        return settle(answer, None)
 
 
 def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, str] | None = None) -> MCPServer:
@@ -148,6 +160,8 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
             return function(*args, **kwargs)
         except HypervisorError as error:
             raise _for_model(error) from None
+        except OSError as error:
+            raise _for_model(storage_error(error)) from None
 
     @server.tool(annotations=READ_ONLY)
     def list_tasks(

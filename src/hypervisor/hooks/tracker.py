@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..claims import records as claims
 from ..claims import workers
 from ..core import rules
 from .gate import HookContext, held_claim, relative
@@ -35,5 +36,16 @@ def track(call: ToolCall, env: Mapping[str, str], context: HookContext) -> None:
         if not from_env:
             workers.unbind(state, call.worker)  # completed, blocked, released or taken over: gate it again
         return
+    if not claims.file_shows(state, claim):
+        _reconcile(state, task_id, context)
     files = [] if call.failed else [relative(path, context.project_dir) for path in call.paths]
     workers.record_call(state, task_id, token, call.raw_tool, files, bool(call.failed))
+
+
+def _reconcile(state: str, task_id: str, context: HookContext) -> None:
+    """Write back a task file that no longer shows its live claim (an editor saved an old buffer). Rare, so the
+    task store and its YAML parser, which a hook never loads otherwise, are loaded only here."""
+    from ..claims.queue import TaskQueue
+    from ..tasks.store import TaskStore
+
+    TaskQueue(TaskStore(os.path.dirname(state)), claims=context.claims).reconcile(task_id)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
-from ..core.errors import TaskFileError, TaskNotFound
+from ..core.errors import ConcurrentEdit, TaskFileError, TaskNotFound
 from ..core.rules import check_task_id, queue_order
 from .task import InvalidEntry, TaskSummary, is_invalid, summarize
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 
 INDEX_VERSION = 1
+WRITE_TRIES = 8  # re-reads of a file a person keeps saving before a rewrite gives up
 
 T = TypeVar("T")
 
@@ -297,21 +298,28 @@ class TaskStore:
 
         TaskNotFound if the file is gone or now holds another id (moved or renamed since the index saw it).
         """
+        summary, doc, _, _ = self._read_raw(known)
+        return summary, doc
+
+    def _read_raw(self, known: TaskSummary) -> tuple[TaskSummary, TaskDoc, bytes, int]:
         from . import taskfile
 
         path = self.path_of(known)
         try:
-            doc = taskfile.read_doc(path)
+            doc, raw, ino = taskfile.read_doc_raw(path)
         except FileNotFoundError:
             raise TaskNotFound(f"task {known['id']}: its file {path} is gone; run the command again") from None
         fresh = summarize(doc.data, path, known["path"], os.path.basename(path)[:-3])
         if fresh["id"] != known["id"]:
             raise TaskNotFound(f"task {known['id']}: {path} now holds task {fresh['id']}; run the command again")
-        return fresh, doc
+        return fresh, doc, raw, ino
 
     def write(self, doc: TaskDoc) -> None:
-        """Write a document back atomically (the caller holds the task's lock)."""
-        fsutil.atomic_write(doc.path, doc.render().encode("utf-8"))
+        """Write a new document atomically (the caller holds the task's lock); rewrites of an existing task go
+        through `rewrite`, which also keeps a person's concurrent save."""
+        from . import taskfile
+
+        fsutil.atomic_write(doc.path, taskfile.check_writable(doc.render(), doc.path))
         self.note_written(doc)
 
     def update(self, task_id: str, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
@@ -319,20 +327,41 @@ class TaskStore:
         return self.rewrite(self.find(task_id), change)
 
     def rewrite(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
-        """The one way a task file is changed: lock, re-read, change, write if changed.
+        """The one way a task file is changed: lock, read, change, write if changed and if still unchanged.
 
-        Under the task's lock (blocking), the file of `known` (its index summary) is read fresh, `change(summary,
-        doc)` edits `doc` in place and returns what the caller gets back, and the file is written (atomically, the
-        index entry updated) only if its rendering differs from what was read. If `change` raises, nothing is
-        written and the exception propagates; TaskNotFound if the file is gone or now holds another id.
+        Under the task's lock (blocking), see `rewrite_locked`.
         """
         with self.task_lock(known["id"]):
-            summary, doc = self.read(known)
-            before = doc.render()
+            return self.rewrite_locked(known, change)
+
+    def rewrite_locked(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
+        """`rewrite` for a caller that holds the task's lock.
+
+        The file of `known` (its index summary) is read fresh, `change(summary, doc)` edits `doc` (field patches and
+        appends) and returns what the caller gets back, and the file is replaced only if its rendering differs from
+        what was read, and only if the file is still, at the moment of the replace, the one that was read. Editors
+        take no lock: if a person saved it meanwhile, it is read again and `change` applied again (so `change` must
+        have no effect beyond `doc` and must not mind running twice), up to WRITE_TRIES times, then ConcurrentEdit.
+        If `change` raises, nothing is written and the exception propagates; TaskNotFound if the file is gone or
+        now holds another id; TaskFileError if the result would not be a readable task file.
+        """
+        from . import taskfile
+
+        for _ in range(WRITE_TRIES):
+            summary, doc, raw, ino = self._read_raw(known)
             result = change(summary, doc)
-            if doc.render() != before:
-                self.write(doc)
-            return result
+            text = doc.render()
+            if text.encode("utf-8") == raw:
+                return result
+            data = taskfile.check_writable(text, doc.path)
+            fsutil.fault_point("task-before-write")
+            if fsutil.replace_if_unchanged(doc.path, data, raw, ino):
+                self.note_written(doc)
+                return result
+        raise ConcurrentEdit(
+            f"{self.path_of(known)} changed {WRITE_TRIES} times while hypervisor was writing it (an editor saving it "
+            "again and again?); nothing was written: let the file rest a moment and run the command again"
+        )
 
 
 def order_key(summary: TaskSummary) -> tuple:

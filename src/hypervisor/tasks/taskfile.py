@@ -209,8 +209,8 @@ def parse_text(text: str, path: str) -> TaskDoc:
     )
 
 
-def read_text(path: str, size: int | None = None) -> str:
-    """The UTF-8 text of a task file; TaskFileError if it is too large, binary or not UTF-8."""
+def read_bytes(path: str, size: int | None = None) -> bytes:
+    """The raw bytes of a task file; TaskFileError if it is too large."""
     if size is None:
         size = os.stat(path).st_size
     if size > MAX_TASK_BYTES:
@@ -221,6 +221,11 @@ def read_text(path: str, size: int | None = None) -> str:
         raw = handle.read(MAX_TASK_BYTES + 1)
     if len(raw) > MAX_TASK_BYTES:
         raise TaskFileError(path, f"file grew past {MAX_TASK_BYTES:,} bytes while being read")
+    return raw
+
+
+def decode(raw: bytes, path: str) -> str:
+    """The UTF-8 text of a task file's bytes; TaskFileError if they are binary or not UTF-8."""
     if b"\x00" in raw:
         raise TaskFileError(path, "file is binary (it contains NUL bytes), not markdown text")
     try:
@@ -229,6 +234,39 @@ def read_text(path: str, size: int | None = None) -> str:
         raise TaskFileError(path, f"file is not UTF-8 text (bad byte at offset {error.start})") from None
 
 
+def read_text(path: str, size: int | None = None) -> str:
+    """The UTF-8 text of a task file; TaskFileError if it is too large, binary or not UTF-8."""
+    return decode(read_bytes(path, size), path)
+
+
 def read_doc(path: str, size: int | None = None) -> TaskDoc:
     """Read and parse one task file."""
     return parse_text(read_text(path, size), path)
+
+
+def read_doc_raw(path: str) -> tuple[TaskDoc, bytes, int]:
+    """(document, the bytes it was parsed from, the inode they were read from) of one task file: what an
+    optimistic rewrite compares the file with just before replacing it."""
+    with open(path, "rb") as handle:
+        ino = os.fstat(handle.fileno()).st_ino
+        raw = handle.read(MAX_TASK_BYTES + 1)
+    if len(raw) > MAX_TASK_BYTES:
+        raise TaskFileError(
+            path, f"file is over {MAX_TASK_BYTES:,} bytes; a task file may be at most that (move attachments out)"
+        )
+    return parse_text(decode(raw, path), path), raw, ino
+
+
+def check_writable(text: str, path: str) -> bytes:
+    """The bytes to write for `text`, refused (TaskFileError, nothing written) if the result would be a file the
+    store cannot read back as a task: too large, binary, or not parseable."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_TASK_BYTES:
+        raise TaskFileError(
+            path,
+            f"this change would make the file {len(data):,} bytes; a task file may be at most {MAX_TASK_BYTES:,} "
+            "bytes, so nothing was written: move long notes or logs out of the task body into a linked file",
+        )
+    if b"\x00" in data:
+        raise TaskFileError(path, "this change would put a NUL byte into the file, so nothing was written")
+    return data
