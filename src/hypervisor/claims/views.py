@@ -5,6 +5,7 @@ Functions taking the TaskQueue; they read the store and the claim records and ch
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
 def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None = None, assignee: str | None = None,
             ready: bool = False) -> tuple[list[TaskSummary], list[InvalidEntry]]:  # fmt: skip
     """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
+    if not os.path.isdir(queue.store.root):
+        queue.store.ensure_state()  # raises the clear "does not exist" message
     queue.store.refresh()
     recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
     if ready:
-        items = queue.ready(project=project)
+        items = queue.ready(project=project, max_age=float("inf"))  # the refresh just made
         invalid = queue.store.summaries(refresh=False)[1]
     else:
-        items, invalid = queue.store.summaries()
+        items, invalid = queue.store.summaries(refresh=False)
     wanted = set(statuses)
     items = [
         s
