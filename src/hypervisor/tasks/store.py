@@ -310,8 +310,11 @@ class TaskStore:
         return fresh, doc
 
     def write(self, doc: TaskDoc) -> None:
-        """Write a document back atomically (the caller holds the task's lock)."""
-        fsutil.atomic_write(doc.path, doc.render().encode("utf-8"))
+        """Write a document back atomically (the caller holds the task's lock); TaskFileError, and nothing written,
+        if the store could not read the result back as a task (too big, binary)."""
+        from . import taskfile
+
+        fsutil.atomic_write(doc.path, taskfile.check_writable(doc.render(), doc.path))
         self.note_written(doc)
 
     def update(self, task_id: str, change: Callable[[TaskSummary, TaskDoc], T]) -> T:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import TaskFileError
+from ..core.limits import quote
 
 MAX_TASK_BYTES = 2 * 1024 * 1024
 _BOM = "\ufeff"
@@ -88,6 +89,7 @@ class TaskDoc:
         self.data[key] = value
         self.changed.add(key)
         self._verify()
+        self.check_writable()
 
     def remove(self, key: str) -> None:
         """Remove a top-level field if present."""
@@ -112,6 +114,7 @@ class TaskDoc:
             if body.strip():
                 body += nl
             self.body = body + heading + nl + nl + entry
+            self.check_writable()
             return
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         section = lines[start:end]
@@ -126,6 +129,12 @@ class TaskDoc:
         if trailer:
             section.append(nl)
         self.body = "".join(lines[:start] + section + trailer)
+        self.check_writable()
+
+    def check_writable(self) -> None:
+        """TaskFileError (nothing is written) if the document as edited so far could not be written back: checked
+        after each edit, so a refusal comes before the caller acts on a change it cannot keep."""
+        check_writable(self.render(), self.path)
 
     def _span(self, key: str) -> tuple[int, int] | None:
         pattern = re.compile(r"^(?:%s|\"%s\"|'%s')[ \t]*:(?:[ \t]|\r?\n|\Z)" % ((re.escape(key),) * 3))
@@ -193,7 +202,7 @@ def parse_text(text: str, path: str) -> TaskDoc:
         )
     bad_keys = [key for key in data if not isinstance(key, str)]
     if bad_keys:
-        raise TaskFileError(path, f"frontmatter key {bad_keys[0]!r} is not a string")
+        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
     closing = lines[closing_index]
     if not closing.endswith("\n"):
         closing += newline
@@ -207,6 +216,28 @@ def parse_text(text: str, path: str) -> TaskDoc:
         opening=lines[0],
         closing=closing,
     )
+
+
+def check_writable(doc_text: str, path: str) -> bytes:
+    """The bytes to write for `doc_text`, the whole new text of the task file at `path`, if `read_text` will read
+    them back as a task file; TaskFileError saying why not, and that nothing was written, otherwise."""
+    try:
+        data = doc_text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = quote(doc_text[error.start : error.end])
+        problem = f"this change would put {bad} in the file, which is not text UTF-8 can hold; leave it out"
+    else:
+        if len(data) <= MAX_TASK_BYTES and b"\x00" not in data:
+            return data
+        if len(data) > MAX_TASK_BYTES:
+            problem = (
+                f"this change would make the file {len(data):,} bytes; a task file may hold at most "
+                f"{MAX_TASK_BYTES:,}. Use shorter text; if the task is already near the limit, ask a person to move "
+                "long text out of it (into a file it links to)"
+            )
+        else:
+            problem = "this change would put a NUL character (\\x00) in the file, which makes it binary; leave it out"
+    raise TaskFileError(path, f"{problem}. Nothing was written")
 
 
 def read_text(path: str, size: int | None = None) -> str:
