@@ -192,3 +192,26 @@ def test_when_the_dependencies_cannot_be_installed_each_call_is_a_tool_error_say
         assert "could not start" in result["content"][0]["text"], result
     finally:
         assert wire.close() == 0
+
+
+def test_a_request_json_can_spell_but_utf8_cannot_hold_is_answered_not_lost(tmp_path):
+    """ "\\ud800" (a lone surrogate) parses as JSON but cannot be written on as UTF-8, and the real server drops a
+    line it cannot read without an answer: the front answers it itself, before the ping sent after it."""
+    write_task(tmp_path / "tasks", "t1", status="active")
+    wire = Wire(tmp_path, clean_env())
+    try:
+        wire.handshake()
+        arguments = '{"id": "t1", "note": "half \\ud800 a character"}'
+        wire.process.stdin.write(('{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": '
+                                  f'"update_task", "arguments": {arguments}}}}}\n').encode())  # fmt: skip
+        wire.send({"jsonrpc": "2.0", "id": 6, "method": "ping"})
+        answered = []
+        while not answered or answered[-1].get("id") != 6:
+            answered.append(json.loads(wire.process.stdout.readline()))
+        assert [message.get("id") for message in answered] == [5, 6], answered
+        result = answered[0]["result"]
+        assert result["isError"] and "'\\ud800', a lone surrogate" in result["content"][0]["text"], result
+        assert payload(wire.call(7, "get_task", {"id": "t1"}))["status"] == "active"  # still serving
+    finally:
+        assert wire.close() == 0
+    assert "half" not in (tmp_path / "tasks" / "t1.md").read_text()

@@ -7,7 +7,7 @@ import secrets
 import socket
 from collections.abc import Iterable, Iterator
 
-from ..core import fsutil, rules
+from ..core import fsutil, limits, rules
 from ..core.config import Config
 from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
 from ..core.timeutil import humanize, iso, now
@@ -172,9 +172,10 @@ class TaskQueue:
             # this read moves the fence, so a file read older than its change can never win the acquire below.
             claim, fence = self.claims.read_fenced(task_id)
             try:
-                summary, _ = self.store.read(known)
+                first_read = self.store.read_raw(known)
             except TaskNotFound as error:
                 return str(error)
+            summary = first_read[0]
             at = now()
             if claim is not None and not claim.expired(at):
                 return (
@@ -236,7 +237,7 @@ class TaskQueue:
                     doc.append_to_section(worklog.HEADING, note)
 
             try:
-                self.store.rewrite_locked(known, take)
+                self.store.rewrite_locked(known, take, first_read)
             except BaseException:
                 self.claims.drop(task_id, new.token)  # the token was never handed out: nobody may hold the task
                 raise
@@ -474,6 +475,7 @@ class TaskQueue:
 
 
 def _check_caller(caller: object) -> str:
-    if not isinstance(caller, str) or not caller.strip() or len(caller) > 200 or "\n" in caller:
-        raise UsageError(f"caller {caller!r} is not allowed: name the worker in one line of at most 200 characters")
-    return caller.strip()
+    limits.check_text("caller", caller, limits.NAME_MAX, one_line=True)
+    if not caller.strip():  # type: ignore[union-attr]
+        raise UsageError("caller is empty: name the worker, e.g. --caller worker-1")
+    return caller.strip()  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from ..core import rules
 from ..core.timeutil import iso, now
 from ..tasks.store import order_key
 from . import recovery
+from .queue import INDEX_MAX_AGE
 
 if TYPE_CHECKING:
     from ..tasks.task import InvalidEntry, TaskSummary
@@ -27,7 +28,7 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
     queue.store.refresh()
     recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
     if ready:
-        items = queue.ready(project=project, max_age=float("inf"))  # the refresh just made
+        items = queue.ready(project=project, max_age=INDEX_MAX_AGE)  # the refresh just made
         invalid = queue.store.summaries(refresh=False)[1]
     else:
         items, invalid = queue.store.summaries(refresh=False)

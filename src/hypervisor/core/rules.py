@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .errors import ClaimRefused, InvalidTaskId
+from .limits import quote
 
 TYPE_CHECKING = False  # typing costs the hooks 4 ms to import, and the annotations are never evaluated
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def check_task_id(task_id: object) -> str:
     """`task_id` if it is a legal id; InvalidTaskId naming the value and the rule otherwise."""
     if not is_task_id(task_id):
         msg = (
-            f"task id {task_id!r} is not allowed: an id is 1-128 characters of letters, digits, '.', '_' "
+            f"task id {quote(task_id)} is not allowed: an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' "
             "and '-', starts with a letter or digit, and has no '..'"
         )
         raise InvalidTaskId(msg)
@@ -80,7 +81,7 @@ def check_task_id(task_id: object) -> str:
 def check_transition(task_id: str, current: str, target: str) -> None:
     """Raise ClaimRefused unless a task may move from `current` to `target`."""
     if target not in STATUSES:
-        msg = f"task {task_id}: status {target!r} is not one of {', '.join(STATUSES)}"
+        msg = f"task {task_id}: status {quote(target)} is not one of {', '.join(STATUSES)}"
         raise ClaimRefused(msg)
     if target == current:
         return

@@ -107,6 +107,13 @@ class Front:
             return
         if isinstance(message, dict) and message.get("method") == "notifications/initialized":
             return  # the front sent the real server its own
+        try:
+            encode(message)
+        except UnicodeEncodeError as error:  # "\ud800": JSON can spell it, UTF-8 cannot, the real server drops it
+            bad = error.object[error.start : error.end]
+            self.answer_failure(message, f"the request holds {bad!r}, a lone surrogate, which is not a character: "
+                                         "send the arguments as valid Unicode text")  # fmt: skip
+            return
         # The write to the real server happens outside self.state: the thread relaying its answers takes
         # self.state (forget), so a full pipe must not block while holding it. self.relay_lock keeps the order.
         with self.relay_lock:

@@ -7,15 +7,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from .. import __version__
 from ..claims import recovery, views, workers
 from ..claims.queue import TaskQueue
-from ..core import rules
-from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError, storage_error
+from ..core import limits, rules
+from ..core.errors import ClaimRefused, HypervisorError, InvalidTaskId, NothingToClaim, UsageError, storage_error
+from ..core.limits import quote
 from ..core.timeutil import iso, now
 
 if TYPE_CHECKING:
@@ -32,18 +33,100 @@ INSTRUCTIONS = (
     "Never edit a task file by hand; never work on a task you have not claimed."
 )
 
+# Every string argument of every tool, by name: its limit, which its description states and `check_arguments`
+# enforces (tests/test_mcp_limits.py holds the two together, tool by tool).
+ID_RULE = f"1-{rules.TASK_ID_MAX} letters, digits, '.', '_' or '-'."
+ONE_LINE = {"caller": limits.NAME_MAX, "assignee": limits.NAME_MAX, "project": limits.NAME_MAX,
+            "claim_token": limits.TOKEN_MAX}  # fmt: skip
+TEXT = {"summary": limits.SUMMARY_MAX, "reason": limits.REASON_MAX, "note": limits.NOTE_MAX}
+COMMIT_RULE = f"{limits.COMMIT_MIN}-{limits.COMMIT_MAX} hex digits."
+BATCH_RULE = f"At most {limits.BATCH_MAX:,} ids, each {ID_RULE}"
+
+
+def described(text: str, argument: str) -> str:
+    """An argument's description with its limit added."""
+    if argument in ONE_LINE:
+        return f"{text} {limits.describe(ONE_LINE[argument], one_line=True)}"
+    return f"{text} {limits.describe(TEXT[argument])}"
+
+
 Status = Literal[rules.STATUSES]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
-TaskId = Annotated[str, Field(description="The task's id (its file name without .md, unless the file sets id:).")]
-Token = Annotated[
-    str | None, Field(description="The claim_token that claim_next_task returned. Needed to change a claimed task.")
+TaskId = Annotated[
+    str, Field(description=f"The task's id (its file name without .md, unless the file sets id:): {ID_RULE}")
 ]
-Caller = Annotated[
-    str | None,
-    Field(description="Your worker name. May stand in for claim_token when you hold the live claim yourself."),
-]
+TOKEN_TEXT = "The claim_token that claim_next_task returned. Needed to change a claimed task."
+CALLER_TEXT = "Your worker name. May stand in for claim_token when you hold the live claim yourself."
+Token = Annotated[str | None, Field(description=described(TOKEN_TEXT, "claim_token"))]
+Caller = Annotated[str | None, Field(description=described(CALLER_TEXT, "caller"))]
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
+
+
+def check_arguments(**arguments: object) -> None:
+    """Refuse a tool's string argument (by its name; None: not given) outside its limit: a HypervisorError naming
+    the argument, the problem and what is allowed, quoting at most limits.QUOTE_MAX characters of the value."""
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        if name in ("id", "task_id"):
+            _check_id(name, value)
+        elif name == "batch":
+            limits.check_count(name, value, limits.BATCH_MAX, "task ids")
+            for index, item in enumerate(value):  # type: ignore[arg-type]  # check_count: a list
+                _check_id(f"batch[{index}]", item)
+        elif name == "commit":
+            limits.check_commit(name, value)
+        elif name in ONE_LINE:
+            limits.check_text(name, value, ONE_LINE[name], one_line=True)
+        else:
+            limits.check_text(name, value, TEXT[name])
+
+
+def _check_id(name: str, value: object) -> None:
+    try:
+        rules.check_task_id(value)
+    except InvalidTaskId as error:
+        raise InvalidTaskId(f"{name}: {error}") from None
+
+
+def arguments_refused(error: ValidationError, shown: int = 3) -> str:
+    """The SDK's refusal of arguments that do not fit a tool's input schema (a wrong type, a number out of range),
+    in a few lines: what is wrong with the first `shown` of them, each value quoted short, and how many more."""
+    problems = error.errors(include_url=False)
+    lines = []
+    for problem in problems[:shown]:
+        where = _location(problem["loc"])
+        if problem["type"] == "missing":
+            lines.append(f"argument {where} is missing: it is required")
+        else:
+            got = quote(problem.get("input"), limit=limits.QUOTE_MAX // 2)
+            lines.append(f"argument {where}: {problem['msg'][:160]}, not {got}")  # pydantic's words, not the value
+    if len(problems) > shown:
+        lines.append(f"and {len(problems) - shown:,} more problems like these")
+    return "; ".join(lines) + ". The tool's input schema says what each argument takes"
+
+
+def _location(loc: tuple) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return text if len(text) <= 60 else quote(text, limit=60)
+
+
+class _Server(MCPServer):
+    """MCPServer whose refusals of a call it cannot even start (an unknown tool, arguments that do not fit the
+    input schema) are short and in our words: pydantic's text lists every error, with no bound on how many."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if name not in TOOL_NAMES:
+            raise ToolError(f"there is no tool {quote(name)}; the tools are {', '.join(TOOL_NAMES)}")
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as error:
+            if not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {arguments_refused(error.__cause__)}") from error.__cause__
 
 
 def _for_model(error: HypervisorError) -> ToolError:
@@ -149,8 +232,15 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
     hands over the claim the supervisor made for it instead of claiming anything else."""
     supervised = workers.supervised_claim(os.environ if env is None else env)
     # WARNING: a refusal is an answer to the model, not something for the MCP log (INFO logs each one).
-    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
+    server = _Server(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     queue = _Queue(queue)
+
+    def checked(**arguments: object) -> None:
+        """check_arguments, its refusal a tool error."""
+        try:
+            check_arguments(**arguments)
+        except HypervisorError as error:
+            raise _for_model(error) from None
 
     def call(function: str | Callable, *args: Any, **kwargs: Any) -> Any:
         """Run a queue method (by name) or a function; a refusal becomes a tool error."""
@@ -166,12 +256,15 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
     @server.tool(annotations=READ_ONLY)
     def list_tasks(
         status: Annotated[Status | None, Field(description="Only tasks in this status.")] = None,
-        project: Annotated[str | None, Field(description="Only tasks of this project.")] = None,
-        assignee: Annotated[str | None, Field(description="Only tasks assigned to this name.")] = None,
+        project: Annotated[str | None, Field(description=described("Only tasks of this project.", "project"))] = None,
+        assignee: Annotated[
+            str | None, Field(description=described("Only tasks assigned to this name.", "assignee"))
+        ] = None,
         ready: Annotated[bool, Field(description="Only tasks that can be claimed now, in queue order.")] = False,
-        limit: Annotated[int, Field(description="At most this many tasks.", ge=1, le=1000)] = 50,
+        limit: Annotated[int, Field(description="At most this many tasks, 1 to 1000.", ge=1, le=1000)] = 50,
     ) -> dict:
         """List tasks in queue order (priority, then created, then id), with their status, project and assignee."""
+        checked(project=project, assignee=assignee)
 
         def run() -> dict:
             items, _ = views.listing(queue, [status] if status else (), project=project, assignee=assignee, ready=ready)
@@ -182,6 +275,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
     @server.tool(annotations=READ_ONLY)
     def get_task(id: TaskId) -> dict:  # noqa: A002 - the public argument name
         """Get one task: its fields, its markdown body, and whether it is claimed and by whom."""
+        checked(id=id)
 
         def run() -> dict:
             summary, doc = queue.store.read(queue.store.find(id))
@@ -191,16 +285,25 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
 
     @server.tool(annotations=WRITES)
     def claim_next_task(
-        caller: Annotated[str, Field(description="Your worker name, e.g. worker-3. Recorded as the assignee.")],
-        task_id: Annotated[str | None, Field(description="Claim this task instead of the next ready one.")] = None,
-        project: Annotated[str | None, Field(description="Claim the next ready task of this project.")] = None,
-        batch: Annotated[list[str] | None, Field(description="Claim the next ready task among these ids only.")] = None,
+        caller: Annotated[
+            str, Field(description=described("Your worker name, e.g. worker-3. Recorded as the assignee.", "caller"))
+        ],
+        task_id: Annotated[
+            str | None, Field(description=f"Claim this task instead of the next ready one: {ID_RULE}")
+        ] = None,
+        project: Annotated[
+            str | None, Field(description=described("Claim the next ready task of this project.", "project"))
+        ] = None,
+        batch: Annotated[
+            list[str] | None, Field(description=f"Claim the next ready task among these ids only. {BATCH_RULE}")
+        ] = None,
     ) -> dict:
         """Claim a task atomically: exactly one caller wins. Returns the task plus claim_token and lease_expires_at.
 
         Keep the claim_token: complete_task, block_task, release_task and update_task need it. If this fails, do not
         retry in a loop: claim another task or stop.
         """
+        checked(caller=caller, task_id=task_id, project=project, batch=batch)
         if supervised is not None:
             if task_id not in (None, supervised[0]):
                 raise ToolError(
@@ -222,38 +325,50 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
                 "to finish or block."
             ),  # fmt: skip
         ] = None,
-        assignee: Annotated[str | None, Field(description="New assignee.")] = None,
+        assignee: Annotated[str | None, Field(description=described("New assignee.", "assignee"))] = None,
         priority: Annotated[int | None, Field(description="New priority, 0 (highest) to 4.", ge=0, le=4)] = None,
-        note: Annotated[str | None, Field(description="A note to append under '## Notes' in the task body.")] = None,
+        note: Annotated[
+            str | None, Field(description=described("A note to append under '## Notes' in the task body.", "note"))
+        ] = None,
     ) -> dict:
         """Change a task's status, assignee or priority, or add a note. A claimed task needs its claim_token."""
+        checked(id=id, claim_token=claim_token, caller=caller, assignee=assignee, note=note)
         return call(dispatch_update, queue, id, token=claim_token, caller=caller, status=status, assignee=assignee,
                     priority=priority, note=note)  # fmt: skip
 
     @server.tool(annotations=WRITES)
     def complete_task(
         id: TaskId,  # noqa: A002
-        summary: Annotated[str, Field(description="What you did, in one or two sentences, for the worker log.")],
+        summary: Annotated[
+            str, Field(description=described("What you did, in one or two sentences, for the worker log.", "summary"))
+        ],
         claim_token: Token = None,
         caller: Caller = None,
-        commit: Annotated[str | None, Field(description="The commit SHA holding your work, if any.")] = None,
+        commit: Annotated[
+            str | None, Field(description=f"The commit SHA holding your work, if any: {COMMIT_RULE}")
+        ] = None,
     ) -> dict:
         """Mark your claimed task done and log the summary in its body. Only after the work is really finished."""
+        checked(id=id, summary=summary, claim_token=claim_token, caller=caller, commit=commit)
         return call("complete", id, token=claim_token, caller=caller, summary=summary, commit=commit)
 
     @server.tool(annotations=WRITES)
     def block_task(
         id: TaskId,  # noqa: A002
-        reason: Annotated[str, Field(description="What stops the task, so a person can act on it.")],
+        reason: Annotated[
+            str, Field(description=described("What stops the task, so a person can act on it.", "reason"))
+        ],
         claim_token: Token = None,
         caller: Caller = None,
     ) -> dict:
         """Mark your claimed task blocked with a reason. Use it at the first real obstacle instead of retrying."""
+        checked(id=id, reason=reason, claim_token=claim_token, caller=caller)
         return call("block", id, token=claim_token, caller=caller, reason=reason)
 
     @server.tool(annotations=WRITES)
     def release_task(id: TaskId, claim_token: Token = None, caller: Caller = None) -> dict:  # noqa: A002
         """Give your claimed task back to the queue unfinished, for someone else to pick up."""
+        checked(id=id, claim_token=claim_token, caller=caller)
         return call("release", id, token=claim_token, caller=caller, reason="release_task")
 
     @server.tool(annotations=READ_ONLY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..core import rules
+from ..core import limits, rules
 
 SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "task.schema.json")
 
@@ -35,7 +35,7 @@ def task_schema() -> dict:
             "created": _DATE,
             "modified": _DATE,
             "completed": _DATE,
-            "commit": {"type": "string", "pattern": "^[0-9a-fA-F]{4,64}$"},
+            "commit": {"type": "string", "pattern": f"^[0-9a-fA-F]{{{limits.COMMIT_MIN},{limits.COMMIT_MAX}}}$"},
             "blocked_reason": {"type": "string"},
         },
         "additionalProperties": True,

@@ -298,10 +298,11 @@ class TaskStore:
 
         TaskNotFound if the file is gone or now holds another id (moved or renamed since the index saw it).
         """
-        summary, doc, _, _ = self._read_raw(known)
+        summary, doc, _, _ = self.read_raw(known)
         return summary, doc
 
-    def _read_raw(self, known: TaskSummary) -> tuple[TaskSummary, TaskDoc, bytes, int]:
+    def read_raw(self, known: TaskSummary) -> tuple[TaskSummary, TaskDoc, bytes, int]:
+        """`read`, plus the bytes the document was parsed from and their inode (what `rewrite_locked` compares)."""
         from . import taskfile
 
         path = self.path_of(known)
@@ -334,7 +335,8 @@ class TaskStore:
         with self.task_lock(known["id"]):
             return self.rewrite_locked(known, change)
 
-    def rewrite_locked(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T]) -> T:
+    def rewrite_locked(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T],
+                       first_read: tuple[TaskSummary, TaskDoc, bytes, int] | None = None) -> T:  # fmt: skip
         """`rewrite` for a caller that holds the task's lock.
 
         The file of `known` (its index summary) is read fresh, `change(summary, doc)` edits `doc` (field patches and
@@ -343,17 +345,18 @@ class TaskStore:
         take no lock: if a person saved it meanwhile, it is read again and `change` applied again (so `change` must
         have no effect beyond `doc` and must not mind running twice), up to WRITE_TRIES times, then ConcurrentEdit.
         If `change` raises, nothing is written and the exception propagates; TaskNotFound if the file is gone or
-        now holds another id; TaskFileError if the result would not be a readable task file.
+        now holds another id; TaskFileError if the result would not be a readable task file. `first_read` is a
+        `read_raw` the caller made under the same lock, used as the first read (its document is edited).
         """
         from . import taskfile
 
         for _ in range(WRITE_TRIES):
-            summary, doc, raw, ino = self._read_raw(known)
+            summary, doc, raw, ino = first_read or self.read_raw(known)
+            first_read = None
             result = change(summary, doc)
-            text = doc.render()
-            if text.encode("utf-8") == raw:
+            data = taskfile.check_writable(doc.render(), doc.path)
+            if data == raw:
                 return result
-            data = taskfile.check_writable(text, doc.path)
             fsutil.fault_point("task-before-write")
             if fsutil.replace_if_unchanged(doc.path, data, raw, ino):
                 self.note_written(doc)

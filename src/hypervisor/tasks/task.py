@@ -7,6 +7,7 @@ from typing import Any, NotRequired, TypedDict
 
 from ..core import rules
 from ..core.errors import InvalidTaskId, TaskFileError
+from ..core.limits import quote
 
 _WIKILINK = re.compile(r"^\[\[([^\]|#]+)(?:[#|][^\]]*)?\]\]\Z")
 
@@ -62,7 +63,7 @@ def _string_list(path: str, name: str, value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    raise TaskFileError(path, f"{value!r} is not allowed: use a list of strings", field=name)
+    raise TaskFileError(path, f"{quote(value)} is not allowed: use a list of strings", field=name)
 
 
 def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSummary:
@@ -79,22 +80,24 @@ def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSumma
 
     status = data.get("status", rules.DEFAULT_STATUS)
     if status not in rules.STATUSES:
-        raise TaskFileError(path, f"{status!r} is not one of {', '.join(rules.STATUSES)}", field="status")
+        raise TaskFileError(path, f"{quote(status)} is not one of {', '.join(rules.STATUSES)}", field="status")
 
     priority = data.get("priority", rules.DEFAULT_PRIORITY)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority not in rules.PRIORITIES:
-        raise TaskFileError(path, f"{priority!r} is not allowed: use an integer 0 (highest) to 4", field="priority")
+        raise TaskFileError(
+            path, f"{quote(priority)} is not allowed: use an integer 0 (highest) to 4", field="priority"
+        )
 
     attempts = data.get("attempts", 0)
     if attempts is None:
         attempts = 0
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-        raise TaskFileError(path, f"{attempts!r} is not allowed: use a whole number 0 or more", field="attempts")
+        raise TaskFileError(path, f"{quote(attempts)} is not allowed: use a whole number 0 or more", field="attempts")
 
     depends_on = [unlink(dep) for dep in _string_list(path, "depends_on", data.get("depends_on"))]
     project = data.get("project")
     if project is not None and not isinstance(project, str):
-        raise TaskFileError(path, f"{project!r} is not allowed: use a project name", field="project")
+        raise TaskFileError(path, f"{quote(project)} is not allowed: use a project name", field="project")
     title = data.get("title")
     assignee = data.get("assignee")
     return {

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import TaskFileError
+from ..core.limits import quote
 
 MAX_TASK_BYTES = 2 * 1024 * 1024
 _BOM = "\ufeff"
@@ -193,7 +194,7 @@ def parse_text(text: str, path: str) -> TaskDoc:
         )
     bad_keys = [key for key in data if not isinstance(key, str)]
     if bad_keys:
-        raise TaskFileError(path, f"frontmatter key {bad_keys[0]!r} is not a string")
+        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
     closing = lines[closing_index]
     if not closing.endswith("\n"):
         closing += newline
@@ -257,16 +258,23 @@ def read_doc_raw(path: str) -> tuple[TaskDoc, bytes, int]:
     return parse_text(decode(raw, path), path), raw, ino
 
 
-def check_writable(text: str, path: str) -> bytes:
-    """The bytes to write for `text`, refused (TaskFileError, nothing written) if the result would be a file the
-    store cannot read back as a task: too large, binary, or not parseable."""
-    data = text.encode("utf-8")
-    if len(data) > MAX_TASK_BYTES:
-        raise TaskFileError(
-            path,
-            f"this change would make the file {len(data):,} bytes; a task file may be at most {MAX_TASK_BYTES:,} "
-            "bytes, so nothing was written: move long notes or logs out of the task body into a linked file",
-        )
-    if b"\x00" in data:
-        raise TaskFileError(path, "this change would put a NUL byte into the file, so nothing was written")
-    return data
+def check_writable(doc_text: str, path: str) -> bytes:
+    """The bytes to write for `doc_text`, the whole new text of the task file at `path`, if `read_text` will read
+    them back as a task file; TaskFileError saying why not, and that nothing was written, otherwise."""
+    try:
+        data = doc_text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = quote(doc_text[error.start : error.end])
+        problem = f"this change would put {bad} in the file, which is not text UTF-8 can hold; leave it out"
+    else:
+        if len(data) <= MAX_TASK_BYTES and b"\x00" not in data:
+            return data
+        if len(data) > MAX_TASK_BYTES:
+            problem = (
+                f"this change would make the file {len(data):,} bytes; a task file may hold at most "
+                f"{MAX_TASK_BYTES:,}. Use shorter text; if the task is already near the limit, ask a person to move "
+                "long text out of it (into a file it links to)"
+            )
+        else:
+            problem = "this change would put a NUL character (\\x00) in the file, which makes it binary; leave it out"
+    raise TaskFileError(path, f"{problem}. Nothing was written")

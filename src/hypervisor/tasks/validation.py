@@ -7,6 +7,7 @@ import os
 import jsonschema
 
 from ..core.errors import TaskFileError
+from ..core.limits import quote
 from . import taskfile
 from .schema import load_schema
 from .store import TaskStore
@@ -46,7 +47,7 @@ def validate_store(store: TaskStore) -> tuple[list[dict], int]:
         for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
             field = ".".join(str(part) for part in error.absolute_path) or None
             allowed = _allowed(error)
-            message = f"{path}: {field or '(frontmatter)'}: {error.instance!r} is not allowed: use {allowed}"
+            message = f"{path}: {field or '(frontmatter)'}: {quote(error.instance)} is not allowed: use {allowed}"
             problems.append({"path": summary["path"], "field": field, "value": error.instance,
                              "allowed": allowed, "message": message})  # fmt: skip
     problems.sort(key=lambda p: p["path"])
