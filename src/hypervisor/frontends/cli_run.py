@@ -39,11 +39,15 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
                            limit=limit, dry_run=dry_run)  # fmt: skip
     if as_json:
         emit_json(results)
-        return
-    for item in results["tasks"]:
-        click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
-    counts = results["counts"]
-    click.echo("  ".join(f"{k}: {v}" for k, v in counts.items()), err=True)
+    else:
+        for item in results["tasks"]:
+            click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
+    if "error" in results:  # a file could not be written: one line, the first such, and exit 1
+        more = results["counts"]["errors"] - 1
+        click.echo(f"hypervisor: {results['error']}" + (f" (and {more} more: see above)" if more else ""), err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo("  ".join(f"{k}: {v}" for k, v in results["counts"].items()), err=True)
 
 
 AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), gemini (gemini -p --yolo with the "
@@ -126,6 +130,8 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
         emit_json(summary)
     else:
         _print_summary(summary, supervisor.folder.summary_path)
+    if summary.get("error"):  # a file the run could not write: the first one, in one line
+        click.echo(f"hypervisor: {summary['error']}", err=True)
     sys.exit(exit_code(summary))
 
 
@@ -141,10 +147,11 @@ def _print_summary(summary: dict, path: str) -> None:
     counts = summary["counts"]
     click.echo(
         f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
-        + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        + (", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no task was started")
         + f"; {summary['total_tokens']} tokens"
     )
-    click.echo(f"summary: {path}")
+    if os.path.exists(path):
+        click.echo(f"summary: {path}")
 
 
 @cli.command()

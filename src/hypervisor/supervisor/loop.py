@@ -13,7 +13,7 @@ from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
 from ..core import rules
-from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound
+from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound, disk_failed, storage_error
 from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
 from .options import RunOptions
@@ -64,6 +64,8 @@ class Supervisor:
         self.started = time.monotonic()
         self.draining = False
         self.aborting = False
+        self.error: str | None = None  # the first file the run could not write, as one line
+        self._noted: set[tuple[str, str]] = set()
         self.worktrees = None
         self._suffix = self.run_id[-4:]
 
@@ -98,7 +100,7 @@ class Supervisor:
         waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
         self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
         self.folder.create()
-        self._write_state("running")
+        self._write_state("running", required=True)  # before any claim: a run nobody can watch does not start
         self.progress.begin(self)
         restore = self._install_signals()
         try:
@@ -120,10 +122,29 @@ class Supervisor:
                     self._wait()
         status = "interrupted" if self.aborting else ("drained" if self.draining else "finished")
         summary = self.summary(status)
-        self.folder.write_summary(summary)
+        try:
+            self.folder.write_summary(summary)
+        except OSError as error:
+            self._storage_failed(error, "the run's summary", stop=False)
+            summary["error"] = self.error
         self._write_state(status)
         self.progress.end(summary)
         return summary
+
+    def _storage_failed(self, error: OSError, what: str, stop: bool = True) -> str:
+        """Note a file the run could not write (`what` it was for); the first one is the run's `error` (exit 1).
+        With `stop`, no new task is claimed: the disk is full, read-only or failing (or it is unclear which task's
+        file it was), and every start would fail the same way; running workers finish."""
+        message = str(storage_error(error))
+        if self.error is None:
+            self.error = message
+        if stop and not self.draining:
+            self.draining = True
+            self.progress.note(f"{what}: {message}; no new tasks are started, running workers finish")
+        elif (what, message) not in self._noted:  # once: a full disk fails every renewal and state update alike
+            self.progress.note(f"{what}: {message}")
+        self._noted.add((what, message))
+        return message
 
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
@@ -135,6 +156,9 @@ class Supervisor:
             try:
                 claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease)
             except NothingToClaim:
+                return
+            except OSError as error:  # the claim made nothing (its record is dropped if the file write failed)
+                self._storage_failed(error, "claiming a task")
                 return
             if "reclaimed_from" in claim:
                 self.reclaimed.append({"task_id": claim["id"], "from": claim["reclaimed_from"]})
@@ -158,11 +182,17 @@ class Supervisor:
             self._spawn(attempt, claim)
         except BaseException as error:
             del self.running[slot]
-            self._give_back(attempt, count_attempt=False, reason=f"could not start the worker: {error}")
+            why = f"could not start the worker: {storage_error(error) if isinstance(error, OSError) else error}"
+            if isinstance(error, OSError) and disk_failed(error):
+                self._storage_failed(error, f"{task_id}: starting the worker")
+            failed = self._give_back(attempt, count_attempt=False, reason=why)
             self._close_worktree(attempt, entry)
             if not isinstance(error, (OSError, HypervisorError)):
                 raise
-            self._settle(entry, "released", f"could not start the worker: {error}")
+            if failed:
+                self._settle(entry, "lost", f"{why}; the release failed: {failed}")
+            else:
+                self._settle(entry, "released", why)
             self.progress.finished(attempt, entry, retry=False)
             self._state_changed = True
             return
@@ -237,6 +267,8 @@ class Supervisor:
                     self.queue.renew(attempt.task_id, token=attempt.token)
                 except HypervisorError:
                     attempt.claim_gone = True  # finished by the worker, or lost: the exit tells which
+                except OSError as error:  # the record stays as it was: tried again at the next renewal
+                    self._storage_failed(error, f"{attempt.task_id}: renewing the lease", stop=disk_failed(error))
 
     def _stop_all(self, reason: str) -> None:
         for attempt in self.running.values():
@@ -280,17 +312,38 @@ class Supervisor:
                 self.queue.dead_letter(attempt.task_id, attempt.token, detail, duration_s=entry.duration_s)
             except HypervisorError as error:
                 return "lost", f"{why}; the dead letter failed: {error}", False
+            except OSError as error:
+                return "lost", f"{why}; the dead letter failed: {self._abandon(attempt, error, detail)}", False
             return "dead_letter", f"{rules.DEAD_LETTER_REASON}: {detail}", False
-        self._give_back(attempt, count_attempt=True, reason=why)
+        failed = self._give_back(attempt, count_attempt=True, reason=why)
+        if failed:
+            return "lost", f"{why}; the release failed: {failed}", False
         if self.draining:
             return "released", f"{why}; released, not retried because the run was drained", False
         return "released", f"{why}; released for another attempt", True
 
-    def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> None:
+    def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> str | None:
+        """Release the attempt's claim; None, or why the release could not be written (the claim is abandoned)."""
         try:
             self.queue.release(attempt.task_id, token=attempt.token, reason=reason, count_attempt=count_attempt)
         except HypervisorError as error:
             self.progress.note(f"{attempt.task_id}: could not release the claim: {error}")
+        except OSError as error:
+            return self._abandon(attempt, error, reason)
+        return None
+
+    def _abandon(self, attempt: Attempt, error: OSError, reason: str) -> str:
+        """The outcome or release of an attempt could not be written: give its claim up (queue.abandon) so rule 2
+        frees the task, instead of leaving a live claim nobody holds; what happened, in one line."""
+        message = self._storage_failed(error, f"{attempt.task_id}: giving the claim back", stop=disk_failed(error))
+        try:
+            abandoned = self.queue.abandon(attempt.task_id, attempt.token, reason)
+        except (HypervisorError, OSError):
+            abandoned = False
+        if abandoned:
+            return (f"{message}; the claim was given up: the task can be claimed again a lease after its file last "
+                    f"changed, or at once after `hypervisor reopen {attempt.task_id}`")  # fmt: skip
+        return f"{message}; the claim's lease frees the task"
 
     def _outcome(self, attempt: Attempt) -> tuple[str, str, str | None]:
         """(status, outcome or reason, commit) of an attempt, read from the store, never from the agent's word."""
@@ -354,7 +407,16 @@ class Supervisor:
         counts["pending"] = len(self.eligible - self.finished - {a.task_id for a in self.running.values()})
         return counts
 
-    def _write_state(self, status: str) -> None:
+    def _write_state(self, status: str, required: bool = False) -> None:
+        """The live run.json (`hypervisor status`, the board): a run goes on without it (noted) unless `required`."""
+        try:
+            self._write_state_file(status)
+        except OSError as error:
+            if required:
+                raise
+            self._storage_failed(error, "the run's live state", stop=disk_failed(error))
+
+    def _write_state_file(self, status: str) -> None:
         self.folder.write_state({
             "run_id": self.run_id,
             "status": status,
@@ -370,6 +432,7 @@ class Supervisor:
             "counts": self.counts(),
             "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
             "tasks": [entry.to_json() for entry in self.entries.values()],
+            **({"error": self.error} if self.error else {}),
         })  # fmt: skip
 
     def summary(self, status: str) -> dict:
@@ -388,11 +451,12 @@ class Supervisor:
             "workers": [entry.to_json() for entry in self.entries.values()],
             "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,
+            **({"error": self.error} if self.error else {}),
         }
 
 
 def exit_code(summary: dict) -> int:
-    """0: the batch ran; 1: a task was dead-lettered or lost; 130: interrupted."""
+    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
     if summary.get("status") == "interrupted":
         return 130
-    return 1 if any(entry["status"] in FAILED for entry in summary["workers"]) else 0
+    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0
