@@ -21,6 +21,7 @@ from conftest import HYPERVISOR, write_task
 
 from hypervisor.claims.queue import TaskQueue
 from hypervisor.core.config import load_config
+from hypervisor.core.errors import storage_error
 from hypervisor.tasks.store import TaskStore
 
 LEASE = "1s"  # rule 2's wait for a stranded task (and the lease of claims made without --lease)
@@ -121,6 +122,15 @@ def one_line(result: subprocess.CompletedProcess, cause: str, root: Path) -> str
 FINISHER = f"{sys.executable} -m hypervisor complete {{task_id}} --token {{token}} --summary finished-after-the-fault"
 
 
+def reads_anyway(result: subprocess.CompletedProcess, command: tuple[str, ...]) -> None:
+    """A read command worked on a disk that takes no writes: exit 0, and at most warnings (what it could not write
+    back) on stderr."""
+    assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+    problems = [line for line in result.stderr.splitlines() if line.startswith("hypervisor:")]
+    assert all(line.startswith("hypervisor: warning: ") for line in problems), (command, result.stderr)
+    print(command, "->", result.stderr.strip() or "(nothing on stderr)")
+
+
 def finish_everything(project: Project, timeout: float = 60) -> None:
     """With the tools alone: reopen what is blocked, wait until rule 2 lets every open task be claimed (a stranded
     one a lease after its file last changed: a polled condition, no fixed wait), then `hypervisor run` a worker that
@@ -198,16 +208,20 @@ def fill(root: Path, leave_pages: int = 0) -> Path:
 # -- a. a full disk ---------------------------------------------------------------------------------------------------
 def test_a_full_disk_fails_each_write_in_one_line_and_the_tools_finish_every_task_after(small_disk):
     project = small_disk
-    seed(project)
+    seed(project, plain=5)
     t1 = project.claim("t1", "w1")
     t2 = project.claim("t2", "w2")
     t3 = project.claim("t3", "w3")
+    t5 = project.claim("t5", "w5")
     assert project.hv("list").returncode == 0  # the index is saved
-    # A person edits a task while the disk is full (the editor's write fits: same size): the index is stale now.
     before_events = project.events()
     filler = fill(project.root)
+    # A person's editor writes while the disk is full (no bigger than before, so it fits): t4 edited (the index is
+    # stale now), t5 saved from an old buffer (its file no longer shows its live claim: a listing writes it back).
     edited = project.root / "t4.md"
     edited.write_bytes(edited.read_bytes().replace(b"Task t4", b"Task T4"))
+    old_buffer = project.root / "t5.md"
+    old_buffer.write_bytes(old_buffer.read_bytes().replace(b"status: in_progress", b"status: active"))
     before = project.tasks()
 
     results = {
@@ -224,14 +238,17 @@ def test_a_full_disk_fails_each_write_in_one_line_and_the_tools_finish_every_tas
     for name, result in results.items():
         print(name, "->", one_line(result, ENOSPC, project.root))
     consistent(project, unchanged=before)
-    assert set(project.claims()) == {"t1", "t2", "t3"}, "a failed claim left its record"
-    assert project.events()[: len(before_events)] == before_events
-    assert not [e for e in project.events()[len(before_events) :] if e["event"] != "renewed"]
+    assert set(project.claims()) == {"t1", "t2", "t3", "t5"}, "a failed claim left its record"
+    assert project.events() == before_events, "an event was logged for a change that was not made"
     for command in (("list",), ("show", "t1"), ("stats",), ("validate",), ("preflight",), ("list", "--json")):
-        result = project.hv(*command)
-        assert result.returncode == 0 and "hypervisor:" not in result.stderr, (command, result.stderr)
+        reads_anyway(project.hv(*command), command)
+    assert project.tasks() == before
 
     filler.unlink()
+    assert project.hv("list").returncode == 0  # rule 2: t5's file shows its live claim again
+    assert project.statuses()["t5"] == "in_progress"
+    assert [e["event"] for e in project.events()[len(before_events) :]] == ["restored"]
+    project.hv("complete", "t5", "--token", t5, "--summary", "did it").check_returncode()
     project.hv("complete", "t1", "--token", t1, "--summary", "did it").check_returncode()
     project.hv("block", "t2", "--token", t2, "--reason", "needs a key").check_returncode()
     project.hv("release", "t3", "--token", t3).check_returncode()
@@ -271,3 +288,163 @@ def test_a_nearly_full_disk_never_strands_a_claim(small_disk, command):
         print(f"{pages} page(s) free: exit {result.returncode}, {project.statuses()}")
         filler.unlink()
         finish_everything(project)
+
+
+# -- b. a read-only disk ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def read_only(tmp_path):
+    """A project whose task root is a bind mount of `data/`: writable while the test sets it up, then read-only
+    (`project.lock()`); unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    project = Project(tmp_path / "project", tmp_path / "project" / "tasks")
+    data = tmp_path / "project" / "data"
+    data.mkdir()
+    project.root.mkdir()
+    mount("--bind", str(data), str(project.root))
+    project.data = data
+    project.lock = lambda: mount("-o", "remount,bind,ro", str(project.root))
+    project.unlock = lambda: mount("-o", "remount,bind,rw", str(project.root))
+    try:
+        yield project
+    finally:
+        unmount(project.root)
+
+
+def test_b_read_only_disk_fails_each_write_in_one_line_and_reads_still_work(read_only):
+    project = read_only
+    seed(project)
+    t1 = project.claim("t1", "w1")
+    t2 = project.claim("t2", "w2")
+    t3 = project.claim("t3", "w3")
+    assert project.hv("list").returncode == 0
+    project.lock()
+    with pytest.raises(OSError) as probe:
+        (project.root / "probe").write_text("x")
+    assert probe.value.errno == errno.EROFS
+    # Through the writable side, as a person's editor would: t4 edited (the index is stale now) and t3 saved from
+    # an old buffer (its file no longer shows its live claim: a listing would write it back).
+    edited = project.data / "t4.md"
+    edited.write_bytes(edited.read_bytes().replace(b"Task t4", b"Task T4"))
+    old_buffer = project.data / "t3.md"
+    old_buffer.write_bytes(old_buffer.read_bytes().replace(b"status: in_progress", b"status: active"))
+    before = project.everything()
+
+    results = {
+        "claim": project.hv("claim", "t4", "--caller", "w4"),
+        "claim next": project.hv("claim", "--caller", "w4"),
+        "renew": project.hv("renew", "t1", "--token", t1),
+        "complete": project.hv("complete", "t1", "--token", t1, "--summary", "did it"),
+        "block": project.hv("block", "t2", "--token", t2, "--reason", "needs a key"),
+        "release": project.hv("release", "t3", "--token", t3),
+        "triage": project.hv("triage"),
+        "run": project.hv("run", "--agent", "triage", "--workers", "2"),
+        "reopen": project.hv("reopen", "b1"),
+    }
+    for name, result in results.items():
+        print(name, "->", one_line(result, EROFS, project.root))
+    for command in (("list",), ("list", "--json", "--ready"), ("show", "t3"), ("stats",), ("validate",),
+                    ("preflight",)):  # fmt: skip
+        reads_anyway(project.hv(*command), command)
+    assert project.everything() == before, "a command changed a file on a read-only disk"
+
+    project.unlock()
+    assert project.hv("list").returncode == 0  # rule 2: t3's file shows its live claim again
+    assert project.statuses()["t3"] == "in_progress"
+    project.hv("complete", "t1", "--token", t1, "--summary", "did it").check_returncode()
+    project.hv("block", "t2", "--token", t2, "--reason", "needs a key").check_returncode()
+    project.hv("release", "t3", "--token", t3).check_returncode()
+    finish_everything(project)
+
+
+# -- no permission: EACCES (root without CAP_DAC_OVERRIDE), EPERM (an immutable file), EIO ----------------------------
+NO_OVERRIDE = ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",
+               "--")  # fmt: skip
+
+
+def test_no_write_permission_fails_each_write_in_one_line(tmp_path):
+    """Root ignores permission bits; without CAP_DAC_OVERRIDE (setpriv) it obeys them, so a task root made
+    read-only by chmod gives a real EACCES."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+    project = Project(tmp_path / "project", tmp_path / "project" / "tasks")
+    project.root.mkdir()
+    seed(project)
+    t1 = project.claim("t1", "w1")
+    assert project.hv("list").returncode == 0
+    if project.hv("list", prefix=NO_OVERRIDE).returncode != 0:
+        pytest.skip("setpriv cannot drop CAP_DAC_OVERRIDE here")
+    paths = [project.root, *project.root.rglob("*")]
+    modes = {path: path.stat().st_mode for path in paths}
+    try:
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        before = project.everything()
+        for command in (("claim", "t2", "--caller", "w2"), ("renew", "t1", "--token", t1),
+                        ("complete", "t1", "--token", t1, "--summary", "x"), ("block", "t1", "--token", t1, "--reason", "r"),
+                        ("release", "t1", "--token", t1), ("triage",), ("run", "--agent", "triage"), ("reopen", "b1")):  # fmt: skip
+            print(command[0], "->", one_line(project.hv(*command, prefix=NO_OVERRIDE), os.strerror(errno.EACCES),
+                                             project.root))  # fmt: skip
+        for command in (("list",), ("show", "t1"), ("stats",), ("validate",), ("preflight",)):
+            reads_anyway(project.hv(*command, prefix=NO_OVERRIDE), command)
+        assert project.everything() == before
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    project.hv("complete", "t1", "--token", t1, "--summary", "did it").check_returncode()
+    finish_everything(project)
+
+
+def test_an_immutable_task_file_refuses_its_claim_and_only_its_own(tmp_path):
+    """`chattr +i` (EPERM, even for root): the claim record is dropped again when the task file cannot be written;
+    triage and run leave that one task out, do the others, and exit 1 with one line naming it."""
+    project = Project(tmp_path / "project", tmp_path / "project" / "tasks")
+    project.root.mkdir()
+    seed(project, plain=2, blocked=False)
+    frozen = project.root / "t1.md"
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip(f"chattr +i is not supported on {project.root} (or chattr is missing)")
+    try:
+        before = frozen.read_bytes()
+        cause = os.strerror(errno.EPERM)
+        print("claim ->", one_line(project.hv("claim", "t1", "--caller", "w1"), cause, project.root))
+        assert "t1" not in project.claims(), "the claim record outlived the failed task-file write"
+        triaged = project.hv("triage")
+        assert triaged.returncode == 1 and "Traceback" not in triaged.stderr, triaged.stderr
+        assert "t2: triaged" in triaged.stdout and "c1: closed" in triaged.stdout, triaged.stdout
+        print("triage ->", one_line(triaged, cause, project.root))
+        ran = project.hv("run", "--agent", FINISHER, "--workers", "2")
+        assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+        assert ran.stderr.strip().splitlines()[-1].startswith(f"hypervisor: cannot use {frozen}: {cause}")
+        assert project.statuses() == {"t1": "active", "t2": "done", "c1": "done"}
+        assert frozen.read_bytes() == before and not project.claims()
+        consistent(project)
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+    finish_everything(project)
+
+
+def test_an_io_error_is_one_line_naming_the_file():
+    line = str(storage_error(OSError(errno.EIO, os.strerror(errno.EIO), "/srv/tasks/t1.md")))
+    assert "\n" not in line
+    assert line.startswith("cannot use /srv/tasks/t1.md: Input/output error (EIO); ") and "dmesg" in line
+
+
+def test_an_io_error_through_the_cli_is_one_line_and_exit_1(root, monkeypatch):
+    """The CLI's edge (HypervisorGroup) turns an EIO from a task-file write into one line and exit 1."""
+    from click.testing import CliRunner
+
+    from hypervisor.core import fsutil
+    from hypervisor.frontends.cli import cli
+
+    write_task(root, "t1", status="active")
+
+    def failing(path, *args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(fsutil, "replace_if_unchanged", failing)
+    result = CliRunner().invoke(cli, ["claim", "t1", "--caller", "w1", "--tasks", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hypervisor: cannot use {root / 't1.md'}: Input/output error")
+    assert not list((root / ".hypervisor" / "claims").glob("*.json")), "the claim outlived the failed write"

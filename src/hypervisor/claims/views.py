@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..core import rules
+from ..core.errors import storage_error
 from ..core.timeutil import iso, now
 from ..tasks.store import order_key
 from . import recovery
@@ -22,7 +23,12 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
             ready: bool = False) -> tuple[list[TaskSummary], list[InvalidEntry]]:  # fmt: skip
     """(tasks matching the filters in queue order, invalid-file reports): what `list` and list_tasks show."""
     queue.store.refresh()
-    recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
+    try:
+        recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
+    except OSError as error:  # a read stays a read where nothing can be written (a read-only or full disk)
+        from .queue import warn
+
+        warn(f"a task file that does not show its live claim was not written back: {storage_error(error)}")
     if ready:
         items = queue.ready(project=project)
         invalid = queue.store.summaries(refresh=False)[1]

@@ -12,6 +12,7 @@ import time
 from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
+from ..claims.records import claim_path
 from ..core import rules
 from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound, disk_failed, storage_error
 from ..core.timeutil import humanize, iso, now
@@ -54,6 +55,7 @@ class Supervisor:
         self.running: dict[int, Attempt] = {}
         self.entries: dict[str, TaskEntry] = {}
         self.finished: set[str] = set()
+        self.unclaimable: set[str] = set()  # tasks whose files refused the claim (not the disk: one file)
         self.eligible: set[str] = set()
         self.preflight_report: dict = {}
         self.reclaimed: list[dict] = []
@@ -148,7 +150,7 @@ class Supervisor:
 
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
-            candidates = self.eligible - self.finished - {a.task_id for a in self.running.values()}
+            candidates = self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
             if not candidates:
                 return
             slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
@@ -158,11 +160,32 @@ class Supervisor:
             except NothingToClaim:
                 return
             except OSError as error:  # the claim made nothing (its record is dropped if the file write failed)
-                self._storage_failed(error, "claiming a task")
-                return
+                task_id = None if disk_failed(error) else self._task_of(error.filename, candidates)
+                if task_id is None:
+                    self._storage_failed(error, "claiming a task")
+                    return
+                self._storage_failed(error, f"{task_id}: claiming it (the task is left out of this run)", stop=False)
+                self.unclaimable.add(task_id)  # one file refused (permissions, immutable): the others can run
+                continue
             if "reclaimed_from" in claim:
                 self.reclaimed.append({"task_id": claim["id"], "from": claim["reclaimed_from"]})
             self._start(slot, worker, claim)
+
+    def _task_of(self, path: object, candidates: set[str]) -> str | None:
+        """The task of `candidates` whose task file, claim record or lock is `path`, or None."""
+        if not isinstance(path, (str, bytes)):
+            return None
+        path = os.fsdecode(path)
+        store = self.queue.store
+        for task_id in candidates:
+            if path in (store.lock_path(task_id), claim_path(store.state, task_id)):
+                return task_id
+            try:
+                if path == store.path_of(store.find(task_id, refresh=False)):
+                    return task_id
+            except HypervisorError:
+                continue
+        return None
 
     def _start(self, slot: int, worker: str, claim: dict) -> None:
         task_id = claim["id"]
@@ -404,7 +427,9 @@ class Supervisor:
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
         counts["running"] = len(self.running)
-        counts["pending"] = len(self.eligible - self.finished - {a.task_id for a in self.running.values()})
+        counts["pending"] = len(
+            self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
+        )
         return counts
 
     def _write_state(self, status: str, required: bool = False) -> None:
