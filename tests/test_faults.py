@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,16 +89,17 @@ def seed(project: Project, plain: int = 4, blocked: bool = True) -> None:
         write_task(project.root, "b1", title="Waits", status="blocked", blocked_reason="needs a key", attempts=1)
 
 
-def consistent(project: Project, unchanged: dict[str, bytes] | None = None) -> None:
-    """Every task file parses (and, if given, holds the bytes it held); every live claim's token was printed and its
-    file shows it (or is one rule 2 repairs: written back on the next touch); no outcome event lacks its outcome."""
+def consistent(project: Project, unchanged: dict[str, bytes] | None = None, holders_may_die: bool = False) -> None:
+    """Every task file parses (and, if given, holds the bytes it held); every live claim's token was printed (unless
+    `holders_may_die`: a holder killed before it printed its token leaves a claim its lease frees); the event that
+    set each task's state last agrees with its file (no completed event for a task that is not done)."""
     statuses = project.statuses()
     if unchanged is not None:
         now_held = project.tasks()
         changed = sorted(task_id for task_id in unchanged if now_held.get(task_id) != unchanged[task_id])
         assert not changed, f"task files changed by a command that failed: {changed}"
     for task_id, record in project.claims().items():
-        if record["lease_expires_at"] > time.time():
+        if record["lease_expires_at"] > time.time() and not holders_may_die:
             assert record["token"] in project.printed, f"a live claim on {task_id} whose token was never printed"
     last: dict[str, str] = {}
     for event in project.events():
@@ -448,3 +451,119 @@ def test_an_io_error_through_the_cli_is_one_line_and_exit_1(root, monkeypatch):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"hypervisor: cannot use {root / 't1.md'}: Input/output error")
     assert not list((root / ".hypervisor" / "claims").glob("*.json")), "the claim outlived the failed write"
+
+
+# -- c. SIGKILL at each named fault point -----------------------------------------------------------------------------
+HOLD = 4.0  # seconds: the lease of the claim a killed holder had; it outlasts the holder's start-up, then runs out
+KILLS = {  # command -> the fault points it passes (fault_point() in claims/queue.py, tasks/store.py, core/fsutil.py)
+    "claim": ("claim-recorded", "task-before-write", "write-before-replace", "write-partial"),
+    "complete": ("task-before-write", "write-before-replace", "write-partial", "outcome-written"),
+    "block": ("task-before-write", "write-before-replace", "write-partial", "outcome-written"),
+    "release": ("task-before-write", "write-before-replace", "write-partial"),
+    "reopen": ("task-before-write", "write-before-replace", "write-partial"),
+}
+# What each kill leaves (the task file; its claim record), every one a state rule 2 repairs:
+# - claim killed after its record, before the file: a live claim whose token was never printed and whose file
+#   does not show it (the next touch writes it back; its lease frees the task);
+# - claim killed inside the record's write: nothing (the temporary file is not a record);
+# - complete/block/release killed before the file is replaced: nothing changed, the holder's claim live (its
+#   lease frees the task); killed after the outcome is written: the outcome, and a live claim the next touch ends;
+# - reopen killed before the file is replaced: still blocked, no claim (reopen again).
+AFTER = {
+    ("claim", "claim-recorded"): ("unchanged", "live"),
+    ("claim", "task-before-write"): ("unchanged", "live"),
+    ("complete", "outcome-written"): ("done", "live"),
+    ("block", "outcome-written"): ("blocked", "live"),
+}
+
+
+def kill_case(tmp_path: Path, command: str, fault: str) -> tuple[Project, list[str], bytes]:
+    """A project with task x ready for `command` (claimed by a holder for HOLD seconds, or blocked for reopen); the
+    command line to kill at `fault`, and the file's bytes before it."""
+    project = Project(tmp_path / f"{command}-{fault}", tmp_path / f"{command}-{fault}" / "tasks")
+    project.root.mkdir()
+    write_task(project.root, "x", title="Victim", status="active", body="Body that must survive.\n" * 50)
+    queue = TaskQueue(TaskStore(str(project.root)), load_config(str(project.folder / ".hypervisor.yaml")))
+    queue.store.ensure_state()
+    args = {"claim": ["claim", "x", "--caller", "doomed"], "reopen": ["reopen", "x", "--reason", "retry"]}
+    if command == "reopen":
+        token = queue.claim_next("holder", task_id="x")["claim_token"]
+        queue.block("x", token=token, reason="needs a key")
+    elif command != "claim":
+        token = queue.claim_next("holder", task_id="x", lease_seconds=HOLD)["claim_token"]
+        project.printed.add(token)
+        extra = {"complete": ["--summary", "did it"], "block": ["--reason", "needs a key"]}
+        args[command] = [command, "x", "--token", token, *extra.get(command, [])]
+    return project, args[command], (project.root / "x.md").read_bytes()
+
+
+def test_c_sigkill_at_each_fault_point_leaves_what_rule_2_repairs(tmp_path, cpu_hog):
+    """Each command killed (SIGKILL) at each fault point it passes, eighteen cases run side by side: right after the
+    kill the state is the one AFTER names (else nothing changed), no event claims what did not happen, and the
+    tools alone finish the task: a touch, a reopen where it is blocked, a claim once rule 2 allows it, a complete.
+    Beside a CPU hog: a killed holder's lease (HOLD) must outlast its start-up on a busy machine too."""
+    cases = [(command, fault) for command, faults in KILLS.items() for fault in faults]
+    problems: list[str] = []
+    killed: dict[tuple[str, str], tuple[Project, bytes, float]] = {}
+
+    def kill(case: tuple[str, str]) -> None:
+        project, args, before = kill_case(tmp_path, *case)
+        started = time.monotonic()
+        result = project.hv(*args, env={"HYPERVISOR_FAULT": case[1]})
+        if result.returncode != -signal.SIGKILL:
+            problems.append(f"{case}: not killed at its fault point: exit {result.returncode}: {result.stderr}")
+        killed[case] = (project, before, time.monotonic() - started)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(kill, cases))
+    for case, (project, before, _) in killed.items():
+        raw = (project.root / "x.md").read_bytes()
+        record = project.claims().get("x")
+        seen = ("unchanged" if raw == before else project.statuses()["x"],
+                "none" if record is None else ("live" if record["lease_expires_at"] > time.time() else "expired"))  # fmt: skip
+        expected = AFTER.get(case, ("unchanged", "live" if case[0] in ("complete", "block", "release") else "none"))
+        if seen != expected and not (expected[1] == "live" and seen == (expected[0], "expired")):
+            problems.append(f"{case}: left {seen}, expected {expected}")
+        kinds = [e["event"] for e in project.events()]
+        print(f"{case[0]} killed at {case[1]}: file {seen[0]}, claim {seen[1]}, events {kinds}")
+        setup = {"claim": [], "reopen": ["claimed", "blocked"]}.get(case[0], ["claimed"])
+        if kinds != setup:  # the killed command logged nothing: its event comes after its change, and it died first
+            problems.append(f"{case}: events {kinds} after the setup's {setup} say more happened than did")
+        try:
+            consistent(project, holders_may_die=True)
+        except AssertionError as error:
+            problems.append(f"{case}: {error}")
+    print("slowest kill:", max(spent for _, _, spent in killed.values()), "s")
+    assert not problems, "\n".join(problems)
+
+    def recover(case: tuple[str, str]) -> None:
+        project = killed[case][0]
+        try:
+            finish_with_claims(project, "x")
+        except AssertionError as error:
+            problems.append(f"{case}: {error}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(recover, cases))
+    assert not problems, "\n".join(problems)
+
+
+def finish_with_claims(project: Project, task_id: str, timeout: float = 60) -> None:
+    """The tools alone, one task: a listing (rule 2's touch), reopen if it is blocked, wait until it can be claimed
+    (a polled condition), then claim and complete it."""
+    assert project.hv("list").returncode == 0
+    if project.statuses()[task_id] == "blocked":
+        project.hv("reopen", task_id, "--reason", "the holder died").check_returncode()
+    if project.statuses()[task_id] != "done":
+        queue = TaskQueue(TaskStore(str(project.root)), load_config(str(project.folder / ".hypervisor.yaml")))
+        deadline = time.monotonic() + timeout
+        while task_id not in {s["id"] for s in queue.ready()}:
+            assert time.monotonic() < deadline, f"never claimable again: {project.statuses()}, {project.claims()}"
+            time.sleep(0.02)  # between polls of the condition (the dead holder's lease running out)
+        claimed = project.hv("claim", task_id, "--caller", "rescuer", "--json")
+        assert claimed.returncode == 0, claimed.stderr
+        token = json.loads(claimed.stdout)["claim_token"]
+        project.hv("complete", task_id, "--token", token, "--summary", "finished by the rescuer").check_returncode()
+    assert project.statuses()[task_id] == "done"
+    assert not [t for t, r in project.claims().items() if r["lease_expires_at"] > time.time()], project.claims()
+    consistent(project)
