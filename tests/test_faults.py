@@ -567,3 +567,42 @@ def finish_with_claims(project: Project, task_id: str, timeout: float = 60) -> N
     assert project.statuses()[task_id] == "done"
     assert not [t for t, r in project.claims().items() if r["lease_expires_at"] > time.time()], project.claims()
     consistent(project)
+
+
+def test_a_nearly_full_disk_stops_the_batch_worker_in_one_line(small_disk):
+    """scripts/batch_worker.py with the batch folder and the task root on a nearly full disk: it stops at the first
+    file it cannot write (a claim record, a task file, owner.json, a result) with one line and exit 1, gives back
+    the claim in hand, and once space returns the next runs finish every line of the queue."""
+    project = small_disk
+    script = Path(__file__).resolve().parents[1] / "scripts" / "batch_worker.py"
+    for pages in (1, 3, 4, 6):
+        reset(project)
+        seed(project, plain=3, blocked=False)
+        batch = project.root / "batch"
+        batch.mkdir()
+        (batch / "queue.txt").write_text("".join(f"{project.root / t}.md\n" for t in ("c1", "t1", "t2", "t3")))
+        assert project.hv("list").returncode == 0
+        filler = fill(project.root, pages)
+        env = {**os.environ, "HYPERVISOR_FAULT": ""}
+        stopped = subprocess.run([sys.executable, str(script), "--batch", "10"], cwd=batch, env=env,
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert "Traceback" not in stopped.stderr and stopped.returncode == 1, (pages, stopped.stderr)
+        lines = stopped.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("batch_worker.py: error: cannot write ") and ENOSPC in lines[0]
+        consistent(project)
+        assert not project.claims(), f"{pages} page(s) free: the batch worker left claims {project.claims()}"
+        print(f"{pages} page(s) free: {lines[0]}; {project.statuses()}")
+        filler.unlink()
+        deadline = time.monotonic() + 60
+        while True:  # a stranded task is skipped until a lease after its file last changed: polled, no fixed wait
+            again = subprocess.run([sys.executable, str(script), "--batch", "10", "--json"], cwd=batch, env=env,
+                                   capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert again.returncode in (0, 3) and "Traceback" not in again.stderr, again.stderr
+            report = json.loads(subprocess.run([sys.executable, str(script), "--stats", "--json"], cwd=batch, env=env,
+                                               capture_output=True, text=True, timeout=120).stdout)  # fmt: skip
+            if report["completed"] == report["queue_total"] == 4:
+                break
+            assert time.monotonic() < deadline, report
+            time.sleep(0.05)
+        assert project.statuses() == {"c1": "done", "t1": "active", "t2": "active", "t3": "active"}
+        consistent(project)
