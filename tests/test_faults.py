@@ -606,3 +606,82 @@ def test_a_nearly_full_disk_stops_the_batch_worker_in_one_line(small_disk):
             time.sleep(0.05)
         assert project.statuses() == {"c1": "done", "t1": "active", "t2": "active", "t3": "active"}
         consistent(project)
+
+
+# -- the disk fills while a worker runs -------------------------------------------------------------------------------
+FILL_THE_DISK = """
+import os, sys
+fd = os.open(os.path.join(os.environ["HYPERVISOR_TASKS"], ".filler"), os.O_WRONLY | os.O_CREAT, 0o644)
+for size in (1 << 16, 1 << 12, 1):
+    try:
+        while True:
+            os.write(fd, b"\\0" * size)
+    except OSError:
+        pass
+os.close(fd)
+"""
+CRASHES = FILL_THE_DISK + "sys.exit(1)\n"
+# Fills the disk, waits until the supervisor's renewals have failed for a whole lease, frees the disk, waits for the
+# next renewal to get through, then completes its task: the run goes on (the failed renewals only noted).
+OUTLASTS = (
+    FILL_THE_DISK
+    + """
+import json, subprocess, time
+task_id, token = sys.argv[1], sys.argv[2]
+root = os.environ["HYPERVISOR_TASKS"]
+def lease():
+    with open(os.path.join(root, ".hypervisor", "claims", task_id + ".json")) as handle:
+        return json.load(handle)["lease_expires_at"]
+def until(condition):
+    deadline = time.monotonic() + 60
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit("timed out")
+        time.sleep(0.02)
+until(lambda: lease() < time.time())
+os.unlink(os.path.join(root, ".filler"))
+seen = lease()
+until(lambda: lease() > seen)
+subprocess.run([sys.executable, "-m", "hypervisor", "complete", task_id, "--token", token, "--summary", "outlasted"],
+               check=True)
+"""
+)
+
+
+def worker_script(project: Project, name: str, text: str) -> str:
+    script = project.folder / f"{name}.py"
+    script.write_text(text)
+    return f"{sys.executable} {script} {{task_id}} {{token}}"
+
+
+def test_a_worker_that_fills_the_disk_and_dies_leaves_its_task_to_rule_2(small_disk):
+    """The worker fills the disk and exits without an outcome at max_attempts: the dead letter cannot be written, so
+    the claim is given up (abandoned: the task is stranded), the entry is lost, no other task starts, the run says
+    so in one last line and exits 1; once space returns the tools finish both tasks."""
+    project = small_disk
+    (project.folder / ".hypervisor.yaml").write_text(f"tasks: tasks\nlease: {LEASE}\nmax_attempts: 1\n")
+    write_task(project.root, "x", title="Doomed", status="active", priority=0)
+    write_task(project.root, "y", title="Waits", status="active", priority=1)
+    ran = project.hv("run", "--agent", worker_script(project, "crash", CRASHES), "--workers", "1")
+    assert "Traceback" not in ran.stdout + ran.stderr and ran.returncode == 1, ran.stderr
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"hypervisor: cannot write {project.root / 'x.md'}: {ENOSPC}"), ran.stderr
+    assert "x: lost" in ran.stdout and "the claim was given up" in ran.stdout, ran.stdout
+    assert project.statuses() == {"x": "in_progress", "y": "active"} and not project.claims()
+    consistent(project)
+    (project.root / ".filler").unlink()
+    finish_everything(project)
+
+
+def test_renewals_that_fail_while_the_disk_is_full_are_noted_and_the_run_goes_on(small_disk):
+    project = small_disk
+    write_task(project.root, "x", title="Outlasts", status="active")
+    ran = project.hv("run", "--agent", worker_script(project, "outlast", OUTLASTS), "--workers", "1", "--json")
+    assert "Traceback" not in ran.stderr and ran.returncode == 0, ran.stderr
+    assert f"x: renewing the lease: cannot write {project.root / '.hypervisor' / 'claims' / 'x.json'}: {ENOSPC}" in (
+        ran.stderr
+    )
+    summary = json.loads(ran.stdout)
+    assert summary["status"] == "finished" and "error" not in summary
+    assert [(e["task_id"], e["status"], e["outcome"]) for e in summary["workers"]] == [("x", "done", "outlasted")]
+    consistent(project)

@@ -133,12 +133,14 @@ class Supervisor:
         self.progress.end(summary)
         return summary
 
-    def _storage_failed(self, error: OSError, what: str, stop: bool = True) -> str:
-        """Note a file the run could not write (`what` it was for); the first one is the run's `error` (exit 1).
-        With `stop`, no new task is claimed: the disk is full, read-only or failing (or it is unclear which task's
-        file it was), and every start would fail the same way; running workers finish."""
+    def _storage_failed(self, error: OSError, what: str, stop: bool = True, fatal: bool = True) -> str:
+        """Note a file the run could not write (`what` it was for). If `fatal` (a claim, a start, an outcome or the
+        summary was lost to it) the first such is the run's `error` (exit 1); a renewal or the live state that will
+        be written again later is only noted. With `stop`, no new task is claimed: the disk is full, read-only or
+        failing (or it is unclear which task's file it was), and every start would fail the same way; running
+        workers finish."""
         message = str(storage_error(error))
-        if self.error is None:
+        if fatal and self.error is None:
             self.error = message
         if stop and not self.draining:
             self.draining = True
@@ -291,7 +293,7 @@ class Supervisor:
                 except HypervisorError:
                     attempt.claim_gone = True  # finished by the worker, or lost: the exit tells which
                 except OSError as error:  # the record stays as it was: tried again at the next renewal
-                    self._storage_failed(error, f"{attempt.task_id}: renewing the lease", stop=disk_failed(error))
+                    self._storage_failed(error, f"{attempt.task_id}: renewing the lease", stop=False, fatal=False)
 
     def _stop_all(self, reason: str) -> None:
         for attempt in self.running.values():
@@ -336,7 +338,8 @@ class Supervisor:
             except HypervisorError as error:
                 return "lost", f"{why}; the dead letter failed: {error}", False
             except OSError as error:
-                return "lost", f"{why}; the dead letter failed: {self._abandon(attempt, error, detail)}", False
+                failed = self._abandon(attempt, error, detail, "dead-lettering it")
+                return "lost", f"{why}; the dead letter failed: {failed}", False
             return "dead_letter", f"{rules.DEAD_LETTER_REASON}: {detail}", False
         failed = self._give_back(attempt, count_attempt=True, reason=why)
         if failed:
@@ -352,13 +355,13 @@ class Supervisor:
         except HypervisorError as error:
             self.progress.note(f"{attempt.task_id}: could not release the claim: {error}")
         except OSError as error:
-            return self._abandon(attempt, error, reason)
+            return self._abandon(attempt, error, reason, "releasing it")
         return None
 
-    def _abandon(self, attempt: Attempt, error: OSError, reason: str) -> str:
+    def _abandon(self, attempt: Attempt, error: OSError, reason: str, doing: str) -> str:
         """The outcome or release of an attempt could not be written: give its claim up (queue.abandon) so rule 2
         frees the task, instead of leaving a live claim nobody holds; what happened, in one line."""
-        message = self._storage_failed(error, f"{attempt.task_id}: giving the claim back", stop=disk_failed(error))
+        message = self._storage_failed(error, f"{attempt.task_id}: {doing}", stop=disk_failed(error))
         try:
             abandoned = self.queue.abandon(attempt.task_id, attempt.token, reason)
         except (HypervisorError, OSError):
@@ -439,7 +442,7 @@ class Supervisor:
         except OSError as error:
             if required:
                 raise
-            self._storage_failed(error, "the run's live state", stop=disk_failed(error))
+            self._storage_failed(error, "the run's live state", stop=False, fatal=False)
 
     def _write_state_file(self, status: str) -> None:
         self.folder.write_state({
