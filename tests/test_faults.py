@@ -210,6 +210,9 @@ def fill(root: Path, leave_pages: int = 0) -> Path:
 
 # -- a. a full disk ---------------------------------------------------------------------------------------------------
 def test_a_full_disk_fails_each_write_in_one_line_and_the_tools_finish_every_task_after(small_disk):
+    """Every write command exits 1 with one line (a claim record, a task file, run.json: each needs a new block);
+    list, show, stats, validate and preflight exit 0: they need no write (the index is a cache, and a listing's
+    write-back of a file that does not show its live claim is only warned about when it cannot be made)."""
     project = small_disk
     seed(project, plain=5)
     t1 = project.claim("t1", "w1")

@@ -30,6 +30,8 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
     """Triage ready tasks without a model: close those with a Close Reason, assign the rest, link their project.
 
     Each task is claimed, triaged and released (inbox becomes active), so triage runs safely beside workers.
+    A task whose file cannot be written is given back and reported; a full, read-only or failing disk stops the
+    batch there (one line naming the file, exit 1).
     """
     from ..triage.triage import TriageRules, triage_queue
 
@@ -91,9 +93,13 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
     the workers and releases their tasks. Logs and run.json/summary.json are
     kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them.
 
+    A file that cannot be written (a full, read-only or failing disk) stops new
+    claims; the running workers finish, and the run ends with its summary and
+    one line naming the file.
+
     \b
-    Exit: 0 the batch ran, 1 a task was dead-lettered or lost, 2 usage,
-          3 nothing to run, 130 interrupted.
+    Exit: 0 the batch ran, 1 a task was dead-lettered or lost or a file could
+          not be written, 2 usage, 3 nothing to run, 130 interrupted.
 
     \b
     Examples:
