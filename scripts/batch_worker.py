@@ -40,7 +40,7 @@ except ImportError:  # not installed: use the package next to this script, never
     import hypervisor  # noqa: F401
 
 from hypervisor.core.config import load_config, resolve_task_root
-from hypervisor.core.errors import HypervisorError, UsageError
+from hypervisor.core.errors import HypervisorError, UsageError, storage_error
 from hypervisor.core.rules import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
 from hypervisor.core.timeutil import parse_duration
 from hypervisor.triage.seedbatch import SeedBatch
@@ -109,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"batch_worker.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except HypervisorError as error:
-        print(f"batch_worker.py: error: {error}", file=sys.stderr)
+    except (HypervisorError, OSError) as error:  # OSError: a full, read-only or failing disk, in one line
+        problem = storage_error(error) if isinstance(error, OSError) else error
+        print(f"batch_worker.py: error: {problem}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"error": str(error), "exit_code": error.exit_code}))
-        return error.exit_code
+            print(json.dumps({"error": str(problem), "exit_code": problem.exit_code}))
+        return problem.exit_code
     except KeyboardInterrupt:
         print("batch_worker.py: interrupted; the item in hand was released", file=sys.stderr)
         return EXIT_ERROR
@@ -159,7 +160,7 @@ def _main(args: argparse.Namespace) -> int:
     if reclaim is not None:
         report["reclaim"] = reclaim
     lines = [describe(outcome) for outcome in report["items"]]
-    if code == EXIT_NOTHING:
+    if code == EXIT_NOTHING and not report.get("error"):
         s = batch.stats(items)
         lines.append(
             f"nothing to claim in {folder.queue_path}: {s['queue_total']} items, {s['completed']} completed, "
@@ -174,6 +175,9 @@ def _main(args: argparse.Namespace) -> int:
             f"error(s), {c['dead_letter']} dead-lettered, {c['skipped']} skipped, {c['busy']} busy"
         )
     emit(args, report, "\n".join(lines))
+    if report.get("error"):  # the batch stopped at a file it could not write: one line, exit 1
+        print(f"batch_worker.py: error: {report['error']}", file=sys.stderr)
+        return EXIT_ERROR
     return code
 
 

@@ -408,6 +408,19 @@ class TaskQueue:
 
         return self._holder_update(task_id, token, caller, patch, settle)
 
+    def abandon(self, task_id: str, token: str, why: str) -> bool:
+        """Give up a claim whose release could not be written (a full or failing disk), so that no live claim is
+        left that nobody holds. If the file shows the claim (in_progress, an attempt counted) the record goes and
+        the task is stranded, which rule 2 repairs: claimable a lease after its file last changed, and `reopen`
+        frees it at once. Otherwise the record stays and its lease frees the task. Whether the record went."""
+        with self.store.task_lock(task_id):
+            summary, _ = self.store.read(self.store.find(task_id, refresh=False))
+            if summary["status"] != "in_progress" or summary["attempts"] < 1 or not self.claims.drop(task_id, token):
+                return False
+        workers.drop_journal(self.store.state, task_id, token)
+        self.event("abandoned", task_id, reason=why)
+        return True
+
     def end(self, claim: Claim) -> None:
         """End a claim whose outcome is already in the task file (its record, then its journal)."""
         if not self.claims.drop(claim.task_id, claim.token):

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..core import rules
+from ..core.errors import storage_error
 from ..core.timeutil import iso, now
 from ..tasks.store import order_key
 from . import recovery
@@ -26,7 +27,12 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
     if not os.path.isdir(queue.store.root):
         queue.store.ensure_state()  # raises the clear "does not exist" message
     queue.store.refresh()
-    recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
+    try:
+        recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
+    except OSError as error:  # a read stays a read where nothing can be written (a read-only or full disk)
+        from .queue import warn
+
+        warn(f"a task file that does not show its live claim was not written back: {storage_error(error)}")
     if ready:
         items = queue.ready(project=project, max_age=INDEX_MAX_AGE)  # the refresh just made
         invalid = queue.store.summaries(refresh=False)[1]

@@ -76,6 +76,18 @@ _STORAGE_ADVICE = {
 }
 
 
+# The errors of a whole disk rather than of one file: every other write there fails the same way.
+_DISK_ERRORS = ("ENOSPC", "EDQUOT", "EROFS", "EIO")
+
+
+def disk_failed(error: OSError) -> bool:
+    """Whether `error` says the disk is full, over quota, read-only or failing (not one file's permissions): a
+    batch stops taking new work on it instead of failing every task in turn."""
+    import errno as errno_names
+
+    return errno_names.errorcode.get(error.errno or 0, "") in _DISK_ERRORS
+
+
 def storage_error(error: OSError) -> HypervisorError:
     """An OSError from the file system as the one-line StorageError the edges print (path, cause, advice); an
     OSError with no fixable cause is returned as a StorageError too, with its own text."""

@@ -30,6 +30,8 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
     """Triage ready tasks without a model: close those with a Close Reason, assign the rest, link their project.
 
     Each task is claimed, triaged and released (inbox becomes active), so triage runs safely beside workers.
+    A task whose file cannot be written is given back and reported; a full, read-only or failing disk stops the
+    batch there (one line naming the file, exit 1).
     """
     from ..triage.triage import TriageRules, triage_queue
 
@@ -39,11 +41,15 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
                            limit=limit, dry_run=dry_run)  # fmt: skip
     if as_json:
         emit_json(results)
-        return
-    for item in results["tasks"]:
-        click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
-    counts = results["counts"]
-    click.echo("  ".join(f"{k}: {v}" for k, v in counts.items()), err=True)
+    else:
+        for item in results["tasks"]:
+            click.echo(f"{item['id']}: {item['action']}" + (f" ({item['detail']})" if item.get("detail") else ""))
+    if "error" in results:  # a file could not be written: one line, the first such, and exit 1
+        more = results["counts"]["errors"] - 1
+        click.echo(f"hypervisor: {results['error']}" + (f" (and {more} more: see above)" if more else ""), err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo("  ".join(f"{k}: {v}" for k, v in results["counts"].items()), err=True)
 
 
 AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), gemini (gemini -p --yolo with the "
@@ -87,9 +93,13 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
     the workers and releases their tasks. Logs and run.json/summary.json are
     kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them.
 
+    A file that cannot be written (a full, read-only or failing disk) stops new
+    claims; the running workers finish, and the run ends with its summary and
+    one line naming the file.
+
     \b
-    Exit: 0 the batch ran, 1 a task was dead-lettered or lost, 2 usage,
-          3 nothing to run, 130 interrupted.
+    Exit: 0 the batch ran, 1 a task was dead-lettered or lost or a file could
+          not be written, 2 usage, 3 nothing to run, 130 interrupted.
 
     \b
     Examples:
@@ -126,6 +136,8 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
         emit_json(summary)
     else:
         _print_summary(summary, supervisor.folder.summary_path)
+    if summary.get("error"):  # a file the run could not write: the first one, in one line
+        click.echo(f"hypervisor: {summary['error']}", err=True)
     sys.exit(exit_code(summary))
 
 
@@ -141,10 +153,11 @@ def _print_summary(summary: dict, path: str) -> None:
     counts = summary["counts"]
     click.echo(
         f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
-        + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        + (", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no task was started")
         + f"; {summary['total_tokens']} tokens"
     )
-    click.echo(f"summary: {path}")
+    if os.path.exists(path):
+        click.echo(f"summary: {path}")
 
 
 @cli.command()

@@ -12,8 +12,9 @@ import time
 from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
+from ..claims.records import claim_path
 from ..core import rules
-from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound
+from ..core.errors import HypervisorError, NothingToClaim, TaskNotFound, disk_failed, storage_error
 from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
 from .options import RunOptions
@@ -54,6 +55,7 @@ class Supervisor:
         self.running: dict[int, Attempt] = {}
         self.entries: dict[str, TaskEntry] = {}
         self.finished: set[str] = set()
+        self.unclaimable: set[str] = set()  # tasks whose files refused the claim (not the disk: one file)
         self.eligible: set[str] = set()
         self.preflight_report: dict = {}
         self.reclaimed: list[dict] = []
@@ -64,6 +66,8 @@ class Supervisor:
         self.started = time.monotonic()
         self.draining = False
         self.aborting = False
+        self.error: str | None = None  # the first file the run could not write, as one line
+        self._noted: set[tuple[str, str]] = set()
         self.worktrees = None
         self._suffix = self.run_id[-4:]
 
@@ -98,7 +102,7 @@ class Supervisor:
         waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
         self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
         self.folder.create()
-        self._write_state("running")
+        self._write_state("running", required=True)  # before any claim: a run nobody can watch does not start
         self.progress.begin(self)
         restore = self._install_signals()
         try:
@@ -120,14 +124,35 @@ class Supervisor:
                     self._wait()
         status = "interrupted" if self.aborting else ("drained" if self.draining else "finished")
         summary = self.summary(status)
-        self.folder.write_summary(summary)
+        try:
+            self.folder.write_summary(summary)
+        except OSError as error:
+            self._storage_failed(error, "the run's summary", stop=False)
+            summary["error"] = self.error
         self._write_state(status)
         self.progress.end(summary)
         return summary
 
+    def _storage_failed(self, error: OSError, what: str, stop: bool = True, fatal: bool = True) -> str:
+        """Note a file the run could not write (`what` it was for). If `fatal` (a claim, a start, an outcome or the
+        summary was lost to it) the first such is the run's `error` (exit 1); a renewal or the live state that will
+        be written again later is only noted. With `stop`, no new task is claimed: the disk is full, read-only or
+        failing (or it is unclear which task's file it was), and every start would fail the same way; running
+        workers finish."""
+        message = str(storage_error(error))
+        if fatal and self.error is None:
+            self.error = message
+        if stop and not self.draining:
+            self.draining = True
+            self.progress.note(f"{what}: {message}; no new tasks are started, running workers finish")
+        elif (what, message) not in self._noted:  # once: a full disk fails every renewal and state update alike
+            self.progress.note(f"{what}: {message}")
+        self._noted.add((what, message))
+        return message
+
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
-            candidates = self.eligible - self.finished - {a.task_id for a in self.running.values()}
+            candidates = self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
             if not candidates:
                 return
             slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
@@ -136,9 +161,33 @@ class Supervisor:
                 claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease)
             except NothingToClaim:
                 return
+            except OSError as error:  # the claim made nothing (its record is dropped if the file write failed)
+                task_id = None if disk_failed(error) else self._task_of(error.filename, candidates)
+                if task_id is None:
+                    self._storage_failed(error, "claiming a task")
+                    return
+                self._storage_failed(error, f"{task_id}: claiming it (the task is left out of this run)", stop=False)
+                self.unclaimable.add(task_id)  # one file refused (permissions, immutable): the others can run
+                continue
             if "reclaimed_from" in claim:
                 self.reclaimed.append({"task_id": claim["id"], "from": claim["reclaimed_from"]})
             self._start(slot, worker, claim)
+
+    def _task_of(self, path: object, candidates: set[str]) -> str | None:
+        """The task of `candidates` whose task file, claim record or lock is `path`, or None."""
+        if not isinstance(path, (str, bytes)):
+            return None
+        path = os.fsdecode(path)
+        store = self.queue.store
+        for task_id in candidates:
+            if path in (store.lock_path(task_id), claim_path(store.state, task_id)):
+                return task_id
+            try:
+                if path == store.path_of(store.find(task_id, refresh=False)):
+                    return task_id
+            except HypervisorError:
+                continue
+        return None
 
     def _start(self, slot: int, worker: str, claim: dict) -> None:
         task_id = claim["id"]
@@ -158,11 +207,17 @@ class Supervisor:
             self._spawn(attempt, claim)
         except BaseException as error:
             del self.running[slot]
-            self._give_back(attempt, count_attempt=False, reason=f"could not start the worker: {error}")
+            why = f"could not start the worker: {storage_error(error) if isinstance(error, OSError) else error}"
+            if isinstance(error, OSError) and disk_failed(error):
+                self._storage_failed(error, f"{task_id}: starting the worker")
+            failed = self._give_back(attempt, count_attempt=False, reason=why)
             self._close_worktree(attempt, entry)
             if not isinstance(error, (OSError, HypervisorError)):
                 raise
-            self._settle(entry, "released", f"could not start the worker: {error}")
+            if failed:
+                self._settle(entry, "lost", f"{why}; the release failed: {failed}")
+            else:
+                self._settle(entry, "released", why)
             self.progress.finished(attempt, entry, retry=False)
             self._state_changed = True
             return
@@ -237,6 +292,8 @@ class Supervisor:
                     self.queue.renew(attempt.task_id, token=attempt.token)
                 except HypervisorError:
                     attempt.claim_gone = True  # finished by the worker, or lost: the exit tells which
+                except OSError as error:  # the record stays as it was: tried again at the next renewal
+                    self._storage_failed(error, f"{attempt.task_id}: renewing the lease", stop=False, fatal=False)
 
     def _stop_all(self, reason: str) -> None:
         for attempt in self.running.values():
@@ -280,17 +337,39 @@ class Supervisor:
                 self.queue.dead_letter(attempt.task_id, attempt.token, detail, duration_s=entry.duration_s)
             except HypervisorError as error:
                 return "lost", f"{why}; the dead letter failed: {error}", False
+            except OSError as error:
+                failed = self._abandon(attempt, error, detail, "dead-lettering it")
+                return "lost", f"{why}; the dead letter failed: {failed}", False
             return "dead_letter", f"{rules.DEAD_LETTER_REASON}: {detail}", False
-        self._give_back(attempt, count_attempt=True, reason=why)
+        failed = self._give_back(attempt, count_attempt=True, reason=why)
+        if failed:
+            return "lost", f"{why}; the release failed: {failed}", False
         if self.draining:
             return "released", f"{why}; released, not retried because the run was drained", False
         return "released", f"{why}; released for another attempt", True
 
-    def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> None:
+    def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> str | None:
+        """Release the attempt's claim; None, or why the release could not be written (the claim is abandoned)."""
         try:
             self.queue.release(attempt.task_id, token=attempt.token, reason=reason, count_attempt=count_attempt)
         except HypervisorError as error:
             self.progress.note(f"{attempt.task_id}: could not release the claim: {error}")
+        except OSError as error:
+            return self._abandon(attempt, error, reason, "releasing it")
+        return None
+
+    def _abandon(self, attempt: Attempt, error: OSError, reason: str, doing: str) -> str:
+        """The outcome or release of an attempt could not be written: give its claim up (queue.abandon) so rule 2
+        frees the task, instead of leaving a live claim nobody holds; what happened, in one line."""
+        message = self._storage_failed(error, f"{attempt.task_id}: {doing}", stop=disk_failed(error))
+        try:
+            abandoned = self.queue.abandon(attempt.task_id, attempt.token, reason)
+        except (HypervisorError, OSError):
+            abandoned = False
+        if abandoned:
+            return (f"{message}; the claim was given up: the task can be claimed again a lease after its file last "
+                    f"changed, or at once after `hypervisor reopen {attempt.task_id}`")  # fmt: skip
+        return f"{message}; the claim's lease frees the task"
 
     def _outcome(self, attempt: Attempt) -> tuple[str, str, str | None]:
         """(status, outcome or reason, commit) of an attempt, read from the store, never from the agent's word."""
@@ -351,10 +430,21 @@ class Supervisor:
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
         counts["running"] = len(self.running)
-        counts["pending"] = len(self.eligible - self.finished - {a.task_id for a in self.running.values()})
+        counts["pending"] = len(
+            self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
+        )
         return counts
 
-    def _write_state(self, status: str) -> None:
+    def _write_state(self, status: str, required: bool = False) -> None:
+        """The live run.json (`hypervisor status`, the board): a run goes on without it (noted) unless `required`."""
+        try:
+            self._write_state_file(status)
+        except OSError as error:
+            if required:
+                raise
+            self._storage_failed(error, "the run's live state", stop=False, fatal=False)
+
+    def _write_state_file(self, status: str) -> None:
         self.folder.write_state({
             "run_id": self.run_id,
             "status": status,
@@ -370,6 +460,7 @@ class Supervisor:
             "counts": self.counts(),
             "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
             "tasks": [entry.to_json() for entry in self.entries.values()],
+            **({"error": self.error} if self.error else {}),
         })  # fmt: skip
 
     def summary(self, status: str) -> dict:
@@ -388,11 +479,12 @@ class Supervisor:
             "workers": [entry.to_json() for entry in self.entries.values()],
             "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,
+            **({"error": self.error} if self.error else {}),
         }
 
 
 def exit_code(summary: dict) -> int:
-    """0: the batch ran; 1: a task was dead-lettered or lost; 130: interrupted."""
+    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
     if summary.get("status") == "interrupted":
         return 130
-    return 1 if any(entry["status"] in FAILED for entry in summary["workers"]) else 0
+    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0

@@ -45,9 +45,16 @@ class Attempt:
 
 def spawn(attempt: Attempt, argv: list[str], env: dict[str, str], header: str) -> None:
     """Start the attempt's process in a session of its own, its output (after `header`) appended to its log."""
-    with open(attempt.log, "ab") as log:
-        log.write(header.encode())
-        log.flush()
+    try:  # unbuffered: a full disk fails the header's write here, naming the log, not later at close
+        log = open(attempt.log, "ab", buffering=0)  # noqa: SIM115 - closed below, once the child holds it
+        try:
+            log.write(header.encode())
+        except BaseException:
+            log.close()
+            raise
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, attempt.log) from None
+    with log:
         proc = subprocess.Popen(argv, cwd=attempt.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     attempt.proc = proc

@@ -222,14 +222,22 @@ class TaskStore:
             target = os.path.realpath(path)
             raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
 
-    def save_index(self) -> None:
-        """Persist the index if it changed, so the next process re-reads only what changed since."""
+    def save_index(self) -> bool:
+        """Persist the index if it changed, so the next process re-reads only what changed since; whether it is
+        saved now.
+
+        The index is a cache: a disk that cannot take it (full, read-only, failing) costs the next process a
+        rescan, never the command that read the tasks (or the claim it made), so that is not an error."""
         if not self._dirty or not os.path.isdir(self.root):
-            return
-        self.ensure_state()
+            return not self._dirty
         payload = {"version": INDEX_VERSION, "root": self.root, "entries": self._entries}
-        fsutil.atomic_write(self._index_path(), json.dumps(payload, separators=(",", ":")).encode())
+        try:
+            self.ensure_state()
+            fsutil.atomic_write(self._index_path(), json.dumps(payload, separators=(",", ":")).encode())
+        except OSError:
+            return False
         self._dirty = False
+        return True
 
     def summaries(self, refresh: bool = True) -> tuple[list[TaskSummary], list[InvalidEntry]]:
         """(valid task summaries, invalid-file reports) over the whole root; duplicate ids are invalid."""

@@ -8,7 +8,7 @@ import sys
 
 from ..claims import workers
 from ..core.config import load_config, resolve_task_root
-from ..core.errors import HypervisorError
+from ..core.errors import HypervisorError, storage_error
 
 
 def main() -> int:
@@ -28,6 +28,9 @@ def main() -> int:
         result = triage_claimed(queue, TriageRules.load(config.triage_rules), {"id": task_id, "claim_token": token})
     except HypervisorError as error:
         print(f"hypervisor triage agent: {task_id}: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full, read-only or failing disk: one line; the supervisor gives the claim back
+        print(f"hypervisor triage agent: {task_id}: {storage_error(error)}", file=sys.stderr)
         return 1
     detail = f" ({result['detail']})" if result.get("detail") else ""
     print(f"{task_id}: {result['action']}{detail}")

@@ -22,12 +22,12 @@ from ..claims import views
 from ..claims.queue import TaskQueue
 from ..core import fsutil
 from ..core.config import Config
-from ..core.errors import ClaimRefused, HypervisorError, TaskFileError, TaskNotFound
+from ..core.errors import ClaimRefused, HypervisorError, TaskFileError, TaskNotFound, disk_failed, storage_error
 from ..core.rules import DEAD_LETTER_REASON, FINISHED_STATUSES
 from ..core.timeutil import humanize, iso, now, parse_iso
 from ..tasks.store import TaskStore
 from .seedqueue import BatchFolder, item_key, looks_like_path
-from .triage import TriageRules, decide, triage_doc, triage_edit, triage_settle
+from .triage import TriageRules, decide, give_back, triage_doc, triage_edit, triage_settle
 
 RESULT_KEYS = ("item", "key", "task_id", "status", "attempts", "changes", "assignee", "kind", "close_reason", "error")
 
@@ -52,6 +52,7 @@ class SeedBatch:
         self.rules_path = rules_path or config.triage_rules
         self._rules: TriageRules | None = None
         self._queues: dict[str, TaskQueue] = {}
+        self.stopped: str | None = None  # why a run stopped early: a file on a full, read-only or failing disk
 
     def rules(self) -> TriageRules:
         if self._rules is None:
@@ -115,22 +116,34 @@ class SeedBatch:
         outcomes: list[dict] = []
         counts = dict.fromkeys(("ok", "closed", "error", "dead_letter", "skipped", "lost", "busy"), 0)
         done = 0
+        self.stopped = None
         for item in items:
             if done >= limit:
                 break
             key = item_key(item)
             if self.folder.final_status(key) is not None:
                 continue
-            outcome = self.take(item, key)
+            try:
+                outcome = self.take(item, key)
+            except OSError as error:  # a full, read-only or failing disk: the claim in hand was given back
+                if not disk_failed(error):
+                    raise
+                self.stopped = str(storage_error(error))
+                break
             if outcome is None:
                 counts["busy"] += 1
                 continue
             counts[outcome["status"]] += 1
             outcomes.append(outcome)
             done += outcome["status"] in ("ok", "closed")
+            if self.stopped is not None:
+                break
         claimed = sum(counts[k] for k in ("ok", "closed", "error", "dead_letter"))
-        return {"batch_dir": self.folder.dir, "worker": self.caller, "dry_run": False, "items": outcomes,
-                "counts": counts, "processed": done, "claimed": claimed}  # fmt: skip
+        report = {"batch_dir": self.folder.dir, "worker": self.caller, "dry_run": False, "items": outcomes,
+                  "counts": counts, "processed": done, "claimed": claimed}  # fmt: skip
+        if self.stopped is not None:
+            report["error"] = self.stopped
+        return report
 
     def take(self, item: str, key: str) -> dict | None:
         """Claim the line's task and process it; None when another batch worker has the line."""
@@ -147,15 +160,24 @@ class SeedBatch:
                 except ClaimRefused as refusal:
                     return self.refused(queue, summary, item, key, before, str(refusal))
             except (HypervisorError, OSError, UnicodeError) as error:
+                if isinstance(error, OSError) and disk_failed(error):
+                    raise  # the batch stops; a claim whose file could not be written was dropped again
                 return self.unclaimable(item, key, error)
             at = now()
-            self.folder.write_owner(key, {
-                "pid": os.getpid(), "host": socket.gethostname(), "caller": self.caller, "item": item, "key": key,
-                "tasks": queue.store.root, "task_id": claim["id"], "token": claim["claim_token"],
-                "claimed_at": iso(at), "lease_expires_at": claim["lease_expires_at"], "attempts": claim["attempts"],
-            })  # fmt: skip
-            if claim.get("reclaimed_from"):
-                self.note_takeover(key, item, claim["attempts"] - 1, queue.read_claim(claim["id"]).previous)
+            try:
+                self.folder.write_owner(key, {
+                    "pid": os.getpid(), "host": socket.gethostname(), "caller": self.caller, "item": item,
+                    "key": key, "tasks": queue.store.root, "task_id": claim["id"], "token": claim["claim_token"],
+                    "claimed_at": iso(at), "lease_expires_at": claim["lease_expires_at"],
+                    "attempts": claim["attempts"],
+                })  # fmt: skip
+                if claim.get("reclaimed_from"):
+                    self.note_takeover(key, item, claim["attempts"] - 1, queue.read_claim(claim["id"]).previous)
+            except BaseException:  # the batch folder cannot record the claim: nobody may hold it
+                give_back(queue, claim["id"], claim["claim_token"], "the batch folder could not record the claim")
+                with contextlib.suppress(OSError):
+                    self.folder.drop_owner(key, claim["claim_token"])
+                raise
             fsutil.fault_point("batch-locked")
         fsutil.pause_point("batch-processing")
         return self.process(queue, item, key, claim)
@@ -187,6 +209,11 @@ class SeedBatch:
                 triage_settle(queue, task_id, token, verdict, changes)
             except ClaimRefused as refusal:
                 return self.lost(item, key, attempts, str(refusal))
+            except OSError as error:  # an error under the claim like any other; a full or failing disk stops the
+                outcome = self.failed(queue, item, key, claim, f"{item}: {storage_error(error)}")  # batch after it
+                if disk_failed(error):
+                    self.stopped = str(storage_error(error))
+                return outcome
             except KeyboardInterrupt:  # give the task back at once rather than at lease expiry
                 with contextlib.suppress(HypervisorError):
                     queue.release(task_id, token=token, reason="batch worker interrupted", count_attempt=False)
@@ -251,8 +278,12 @@ class SeedBatch:
     def failed(self, queue: TaskQueue, item: str, key: str, claim: dict, message: str) -> dict:
         """An error under the claim: the store releases it counting the attempt, or dead-letters the task."""
         task_id, token, attempts = claim["id"], claim["claim_token"], claim["attempts"]
-        self.folder.note_error(key, item, attempts, self.caller, message)
-        self.folder.drop_pending(key)
+        try:
+            self.folder.note_error(key, item, attempts, self.caller, message)
+            self.folder.drop_pending(key)
+        except OSError:  # the error record cannot be written: the claim is given back all the same
+            give_back(queue, task_id, token, f"batch error: {message}", count_attempt=True)
+            raise
         status = "dead_letter" if attempts >= self.config.max_attempts else "error"
         try:
             if status == "dead_letter":
@@ -260,6 +291,10 @@ class SeedBatch:
             else:
                 queue.release(task_id, token=token, reason=f"batch error: {message}")
         except HypervisorError:  # e.g. the file broke: the lease runs out and the next claim counts the attempt
+            return {"item": item, "key": key, "status": "error", "attempts": attempts, "error": message}
+        except OSError:  # its file cannot be written: the claim is abandoned (rule 2 frees the task)
+            with contextlib.suppress(HypervisorError, OSError):
+                queue.abandon(task_id, token, f"batch error: {message}")
             return {"item": item, "key": key, "status": "error", "attempts": attempts, "error": message}
         self.folder.drop_owner(key, token)
         if status == "dead_letter":

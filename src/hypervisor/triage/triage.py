@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ..core.errors import ClaimRefused, ConfigError, NothingToClaim, TaskNotFound
+from ..core.errors import (
+    ClaimRefused,
+    ConfigError,
+    HypervisorError,
+    NothingToClaim,
+    TaskNotFound,
+    disk_failed,
+    storage_error,
+)
 from ..core.rules import FINISHED_STATUSES
 from ..tasks.taskfile import TaskDoc
 
@@ -137,9 +145,13 @@ def apply(verdict: Verdict, summary: dict, doc: TaskDoc) -> list[str]:
 
 def triage_queue(queue, rules: TriageRules, caller: str = "triage", ids=None, project=None, limit=None,
                  dry_run: bool = False) -> dict:  # fmt: skip
-    """Claim, triage and close or release each ready task of the batch; returns per-task actions and counts."""
+    """Claim, triage and close or release each ready task of the batch; returns per-task actions and counts.
+
+    A task whose files cannot be written (OSError) is given back and reported (`action` error, `errors` counted,
+    `error` the first one-line message); a full, read-only or failing disk stops the batch there."""
     results = []
     counts = {"closed": 0, "triaged": 0, "skipped": 0}
+    report: dict = {"tasks": results, "counts": counts}
     candidates = queue.ready(project=project, ids=ids)
     if limit:
         candidates = candidates[:limit]
@@ -153,13 +165,40 @@ def triage_queue(queue, rules: TriageRules, caller: str = "triage", ids=None, pr
             continue
         try:
             claim = queue.claim_next(caller, task_id=task_id)
+            try:
+                results.append(triage_claimed(queue, rules, claim))
+            except BaseException as error:
+                why = storage_error(error) if isinstance(error, OSError) else error
+                give_back(queue, task_id, claim["claim_token"], f"triage failed: {why}")
+                raise
         except (ClaimRefused, NothingToClaim, TaskNotFound) as error:
             counts["skipped"] += 1
             results.append({"id": task_id, "action": "skipped", "detail": str(error)})
             continue
-        results.append(triage_claimed(queue, rules, claim))
+        except OSError as error:
+            message = str(storage_error(error))
+            counts["errors"] = counts.get("errors", 0) + 1
+            report.setdefault("error", message)
+            results.append({"id": task_id, "action": "error", "detail": message})
+            if disk_failed(error):
+                break
+            continue
         counts["closed" if results[-1]["action"] == "closed" else "triaged"] += 1
-    return {"tasks": results, "counts": counts}
+    return report
+
+
+def give_back(queue, task_id: str, token: str, why: str, count_attempt: bool = False) -> None:
+    """Release a claim whose work failed; if even the release cannot be written (a full or failing disk), abandon
+    the claim (queue.abandon: rule 2 frees the task), so that none is left that nobody holds."""
+    try:
+        queue.release(task_id, token=token, reason=why, count_attempt=count_attempt)
+    except HypervisorError:
+        pass  # the claim is gone already: taken over, or ended by the outcome in its file
+    except OSError:
+        try:
+            queue.abandon(task_id, token, why)
+        except (HypervisorError, OSError):
+            pass  # the disk refuses even that: the claim's lease frees the task
 
 
 def triage_doc(view: dict, doc: TaskDoc, rules: TriageRules, attempts: int | None = None) -> tuple[Verdict, list[str]]:
