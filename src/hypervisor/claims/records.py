@@ -73,10 +73,13 @@ def token_problem(claim: Claim, token: str, at: float) -> str | None:
     previous = claim.previous or {}
     if previous.get("token") and token == previous["token"]:
         ago = humanize(at - previous["lease_expires_at"])
-        return f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id}"
+        return (
+            f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id} and "
+            "claim another task"
+        )
     return (
         f"claim token does not match the live claim on task {claim.task_id} (held by {claim.caller}); "
-        "use the token your claim returned"
+        "use the token your claim returned, or claim another task"
     )
 
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+QUOTE_MAX = 200  # a refusal quotes at most this much of a bad value
+
+
+def quoted(value: object) -> str:
+    """`value` as a refusal quotes it: its repr, cut to QUOTE_MAX characters (saying how long it was)."""
+    text = repr(value)
+    if len(text) <= QUOTE_MAX:
+        return text
+    return f"{text[:QUOTE_MAX]}... ({len(text)} characters)"
+
 
 class HypervisorError(Exception):
     """Base of every refusal hypervisor makes on purpose; `exit_code` is what the CLI exits with."""

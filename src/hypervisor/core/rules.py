@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import ClaimRefused, InvalidTaskId
+from .errors import ClaimRefused, InvalidTaskId, quoted
 
 TYPE_CHECKING = False  # typing costs the hooks 4 ms to import, and the annotations are never evaluated
 if TYPE_CHECKING:
@@ -70,11 +70,16 @@ def check_task_id(task_id: object) -> str:
     """`task_id` if it is a legal id; InvalidTaskId naming the value and the rule otherwise."""
     if not is_task_id(task_id):
         msg = (
-            f"task id {task_id!r} is not allowed: an id is 1-128 characters of letters, digits, '.', '_' "
-            "and '-', starts with a letter or digit, and has no '..'"
+            f"task id {quoted(task_id)} is not allowed: an id is 1-128 characters of letters, digits, '.', '_' "
+            "and '-', starts with a letter or digit, and has no '..'; `hypervisor list` (MCP: list_tasks) shows the ids"
         )
         raise InvalidTaskId(msg)
     return task_id
+
+
+def may_become(current: str, target: str) -> bool:
+    """Whether a task may move from status `current` to `target` (staying put counts)."""
+    return target == current or target in TRANSITIONS.get(current, frozenset())
 
 
 def check_transition(task_id: str, current: str, target: str) -> None:
@@ -82,10 +87,8 @@ def check_transition(task_id: str, current: str, target: str) -> None:
     if target not in STATUSES:
         msg = f"task {task_id}: status {target!r} is not one of {', '.join(STATUSES)}"
         raise ClaimRefused(msg)
-    if target == current:
-        return
-    allowed = TRANSITIONS.get(current, frozenset())
-    if target not in allowed:
+    if not may_become(current, target):
+        allowed = TRANSITIONS.get(current, frozenset())
         msg = (
             f"task {task_id} is {current} and cannot become {target}; from {current} it can become: "
             f"{', '.join(s for s in STATUSES if s in allowed) or 'nothing'}"

@@ -12,7 +12,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .. import __version__
-from ..claims import recovery, views, workers
+from ..claims import advice, recovery, views, workers
 from ..claims.queue import TaskQueue
 from ..core import rules
 from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError, storage_error
@@ -81,10 +81,8 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
         raise UsageError(f"task {task_id}: status {status!r} is not one of {', '.join(rules.STATUSES)}")
     if priority is not None and (isinstance(priority, bool) or priority not in rules.PRIORITIES):
         raise UsageError(f"task {task_id}: priority {priority!r} is not allowed: use an integer 0 (highest) to 4")
-    if status == "done":
-        raise ClaimRefused(f"task {task_id}: to finish a task, complete it with a summary (complete_task)")
-    if status == "blocked":
-        raise ClaimRefused(f"task {task_id}: to block a task, block it with a reason (block_task)")
+    if status in ("done", "blocked"):
+        raise ClaimRefused(advice.finish_with(task_id, status))
     result: dict = {"id": task_id}
     claim = queue.read_claim(task_id)
     if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
@@ -107,7 +105,8 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
     def change(summary: TaskSummary, doc: TaskDoc, held: Claim | None) -> dict:
         ended.clear()
         if status is not None and status != summary["status"]:
-            rules.check_transition(task_id, summary["status"], status)
+            if not rules.may_become(summary["status"], status):
+                raise ClaimRefused(advice.cannot_become(task_id, summary["status"], status))
             doc.set("status", status)
             if held is not None and status != "in_progress":
                 ended.append(held)
@@ -136,7 +135,7 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
     with queue.store.task_lock(task_id):
         current = queue.read_claim(task_id)
         if current is not None and not current.expired(now()):
-            raise ClaimRefused(f"task {task_id} was claimed meanwhile by {current.caller}; claim another task")
+            raise ClaimRefused(advice.claimed_meanwhile(task_id, current.caller))
         answer = queue.store.rewrite_locked(known, lambda summary, doc: change(summary, doc, None))
         return settle(answer, None)
 
