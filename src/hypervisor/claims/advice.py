@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..core import rules
 from ..core.timeutil import humanize, iso, now
+from .records import ANOTHER as ANOTHER  # "claim another task": the records' own texts (hook path) say it too
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -44,9 +45,6 @@ def claim_step(task_id: str) -> str:
 def reopen_step(task_id: str) -> str:
     """How to put a finished, blocked or stranded task back in the queue, for a person and for a model."""
     return f"`hypervisor reopen {task_id}` ({mcp('update_task', id=task_id, status='active')})"
-
-
-ANOTHER = "claim another task (`hypervisor claim --caller NAME`; MCP: claim_next_task without task_id)"
 
 
 # -- claiming -------------------------------------------------------------------------------------------------------
@@ -79,7 +77,7 @@ def _by_hand(task_id: str, summary: TaskSummary) -> str:
 
 
 def _from(wait: float) -> str:
-    return f"from {moment(now() + wait)} (in {humanize(math.ceil(wait))}, a whole lease after its file last changed)"
+    return f"from {moment(now() + wait)} (in {humanize(math.ceil(wait))}, a lease after its file last changed)"
 
 
 def stranded(task_id: str, summary: TaskSummary, wait: float) -> str:
@@ -88,8 +86,9 @@ def stranded(task_id: str, summary: TaskSummary, wait: float) -> str:
         return f"{_by_hand(task_id, summary)}, or {ANOTHER}"
     holder = summary["assignee"] or "nobody"
     return (
-        f"task {task_id} is in_progress but no claim holds it (stranded; last assigned to {holder}); it can be "
-        f"claimed again {_from(wait)}, or a person can free it now with {reopen_step(task_id)}; meanwhile {ANOTHER}"
+        f"task {task_id} is in_progress but no claim holds it (stranded; last assigned to {holder}): claimable "
+        f"again {_from(wait)} with {claim_step(task_id)}, or free it now with {reopen_step(task_id)}; meanwhile "
+        f"{ANOTHER}"
     )
 
 
@@ -107,7 +106,8 @@ def waiting(task_id: str, blocking: Iterable[str]) -> str:
 def dead_lettered(task_id: str, attempts: int, limit: int) -> str:
     """A claim that found the task over max_attempts and moved it to blocked instead (the dead letter)."""
     return (
-        f"task {task_id} failed {attempts} attempts (max_attempts {limit}) and was moved to blocked; {ANOTHER}. "
+        f"task {task_id} failed {attempts} attempt{'s' * (attempts != 1)} (max_attempts {limit}) and was moved to "
+        f"blocked; {ANOTHER}. "
         f"A person can give it all its attempts again with `hypervisor reopen {task_id} --reset-attempts`"
     )
 
@@ -119,8 +119,8 @@ def nothing_to_claim(scope: str) -> str:
 # -- a holder's changes ---------------------------------------------------------------------------------------------
 def no_token(task_id: str) -> str:
     return (
-        f"task {task_id}: give the claim token your claim returned (--token TOKEN; MCP: claim_token) or the caller "
-        "that holds the claim (--caller NAME; MCP: caller)"
+        f"task {task_id}: give the claim token your claim returned (--token TOKEN, or claim_token in a tool call) "
+        "or the caller that holds the claim (--caller NAME, or caller)"
     )
 
 
@@ -176,12 +176,14 @@ def supervised_lost(task_id: str, status: str) -> str:
 
 
 def finish_with(task_id: str, status: str) -> str:
-    """update_task asked to set done or blocked: those are outcomes, written by complete_task and block_task."""
-    tool, needs = ("complete_task", "a summary") if status == "done" else ("block_task", "a reason")
+    """update_task asked to set done or blocked: those are outcomes, written (and logged) by complete and block."""
+    verb, option, tool, what = ("complete", "--summary S", "complete_task", "a summary")
+    if status == "blocked":
+        verb, option, tool, what = ("block", "--reason R", "block_task", "a reason")
+    step = f"`hypervisor {verb} {task_id} --token TOKEN {option}` ({mcp(tool, 'your claim_token', what, id=task_id)})"
     return (
-        f"task {task_id}: update_task does not set {status}; call {tool} with id {task_id!r}, your claim_token "
-        f"and {needs} (it logs the outcome); without a claim on it, claim it first ("
-        f"{mcp('claim_next_task', task_id=task_id)})"
+        f"task {task_id}: update_task does not set {status}, which logs an outcome: use {step}; if you hold no claim "
+        f"on it, claim it first with {claim_step(task_id)}"
     )
 
 
@@ -196,14 +198,22 @@ def cannot_become(task_id: str, current: str, target: str) -> str:
     return f"task {task_id} is {current} and cannot become {target}; update_task can make it: {steps or 'nothing'}"
 
 
+def supervised_other(task_id: str) -> str:
+    """A supervised worker asked for another task than the one claimed for it."""
+    return (
+        f"you were started by the hypervisor supervisor for task {task_id}, which is already claimed for you: "
+        f"work only on it; claim_next_task hands you its claim ({mcp('claim_next_task', task_id=task_id)})"
+    )
+
+
 # -- reopen ---------------------------------------------------------------------------------------------------------
 def reopen_claimed(task_id: str, claim: Claim, at: float) -> str:
     left = claim.lease_expires_at - at
     return (
         f"task {task_id} is claimed by {claim.caller} until {moment(claim.lease_expires_at)} ({humanize(left)} left), "
         f"so it is not reopened: its holder can release it (`hypervisor release {task_id} --token TOKEN`; "
-        f"{mcp('release_task', 'its claim_token', id=task_id)}), or reopen it from {moment(claim.lease_expires_at)}, "
-        "when the lease has run out"
+        f"{mcp('release_task', 'its claim_token', id=task_id)}), or anyone can reopen it from "
+        f"{moment(claim.lease_expires_at)}, when the lease has run out, with {reopen_step(task_id)}"
     )
 
 
@@ -211,9 +221,9 @@ def reopen_not_needed(task_id: str, status: str, blocking: Iterable[str] = ()) -
     blocking = list(blocking)
     text = f"task {task_id} is {status}, already in the queue: there is nothing to reopen; "
     if blocking:
-        return text + f"it waits on unfinished dependencies: {', '.join(blocking)}; finish those first"
+        return text + f"it waits on unfinished dependencies: {', '.join(blocking)}; finish those first, or {ANOTHER}"
     return text + f"claim it with {claim_step(task_id)}"
 
 
 def bad_reason(limit: int) -> str:
-    return f"the reason (--reason R; MCP: note) must be 1 to {limit} characters saying why the task is reopened"
+    return f"the reason (--reason R, or update_task's note) must be 1 to {limit} characters saying why it is reopened"

@@ -12,6 +12,8 @@ from ..core.rules import check_task_id
 from ..core.timeutil import humanize, now
 
 LOCK_WAIT_SECONDS = 5.0  # a hook gives up on a lock held this long rather than stall the agent
+# The step every "this task is not yours" refusal offers (claims.advice writes the others; the hooks say these).
+ANOTHER = "claim another task (`hypervisor claim --caller NAME`; MCP: claim_next_task without task_id)"
 
 
 def claim_path(state: str, task_id: str) -> str:
@@ -75,11 +77,11 @@ def token_problem(claim: Claim, token: str, at: float) -> str | None:
         ago = humanize(at - previous["lease_expires_at"])
         return (
             f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id} and "
-            "claim another task"
+            f"{ANOTHER}"
         )
     return (
         f"claim token does not match the live claim on task {claim.task_id} (held by {claim.caller}); "
-        "use the token your claim returned, or claim another task"
+        f"use the token your claim returned, or {ANOTHER}"
     )
 
 

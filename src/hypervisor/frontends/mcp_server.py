@@ -14,7 +14,7 @@ from pydantic import Field
 from .. import __version__
 from ..claims import advice, recovery, views, workers
 from ..claims.queue import TaskQueue
-from ..core import rules
+from ..core import fsutil, rules
 from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, UsageError, storage_error
 from ..core.timeutil import iso, now
 
@@ -85,6 +85,7 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
         raise ClaimRefused(advice.finish_with(task_id, status))
     result: dict = {"id": task_id}
     claim = queue.read_claim(task_id)
+    fsutil.pause_point("update-read")  # tests stop here to claim the task meanwhile
     if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
         if not caller:
             raise UsageError(f"task {task_id}: name the caller to claim it (status in_progress claims the task)")
@@ -202,10 +203,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         """
         if supervised is not None:
             if task_id not in (None, supervised[0]):
-                raise ToolError(
-                    f"you were started by the hypervisor supervisor for task {supervised[0]}, which is already "
-                    f"claimed for you: call claim_next_task with task_id {supervised[0]!r} and work only on it"
-                )
+                raise ToolError(advice.supervised_other(supervised[0]))
             return call("handed_over", *supervised)
         return call("claim_next", caller, task_id=task_id, project=project, ids=batch)
 
