@@ -39,7 +39,7 @@ def mcp(tool: str, *rest: str, **args: str) -> str:
 
 def claim_step(task_id: str) -> str:
     """How to claim one task, for a person and for a model."""
-    return f"`hypervisor claim {task_id} --caller NAME` ({mcp('claim_next_task', task_id=task_id)})"
+    return f"`hypervisor claim {task_id} --caller NAME` ({mcp(rules.MCP_CLAIM_TOOL, task_id=task_id)})"
 
 
 def reopen_step(task_id: str) -> str:
@@ -177,10 +177,12 @@ def supervised_lost(task_id: str, status: str) -> str:
 
 def finish_with(task_id: str, status: str) -> str:
     """update_task asked to set done or blocked: those are outcomes, written (and logged) by complete and block."""
-    verb, option, tool, what = ("complete", "--summary S", "complete_task", "a summary")
-    if status == "blocked":
-        verb, option, tool, what = ("block", "--reason R", "block_task", "a reason")
-    step = f"`hypervisor {verb} {task_id} --token TOKEN {option}` ({mcp(tool, 'your claim_token', what, id=task_id)})"
+    if status == "done":
+        step = f"`hypervisor complete {task_id} --token TOKEN --summary S` ("
+        step += mcp("complete_task", "your claim_token", "a summary", id=task_id) + ")"
+    else:
+        step = f"`hypervisor block {task_id} --token TOKEN --reason R` ("
+        step += mcp("block_task", "your claim_token", "a reason", id=task_id) + ")"
     return (
         f"task {task_id}: update_task does not set {status}, which logs an outcome: use {step}; if you hold no claim "
         f"on it, claim it first with {claim_step(task_id)}"
@@ -202,7 +204,7 @@ def supervised_other(task_id: str) -> str:
     """A supervised worker asked for another task than the one claimed for it."""
     return (
         f"you were started by the hypervisor supervisor for task {task_id}, which is already claimed for you: "
-        f"work only on it; claim_next_task hands you its claim ({mcp('claim_next_task', task_id=task_id)})"
+        f"work only on it; {rules.MCP_CLAIM_TOOL} hands you its claim ({mcp(rules.MCP_CLAIM_TOOL, task_id=task_id)})"
     )
 
 
