@@ -538,23 +538,30 @@ def test_a_supervised_worker_is_told_to_work_on_its_own_task_and_to_stop_once_it
 
 
 def stopped_descendant() -> int | None:
-    """The pid of a process below this one that stopped itself (SIGSTOP at a pause point), if any."""
+    """The pid of a process below this one that stopped itself (SIGSTOP at a pause point), every thread of it."""
     parent, state = {}, {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                stat = Path(f"/proc/{name}/stat").read_text()
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
             state[int(name)], parent[int(name)] = fields[0], int(fields[1])
     for pid in (pid for pid, code in state.items() if code == "T"):
         ancestor = parent.get(pid)
         while ancestor not in (None, 0, 1, os.getpid()):
             ancestor = parent.get(ancestor)
-        if ancestor == os.getpid():
+        if ancestor == os.getpid() and all_threads_stopped(pid):
             return pid
     return None
+
+
+def all_threads_stopped(pid: int) -> bool:
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        return all(Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in threads)
+    except OSError:
+        return False
 
 
 async def claimed_meanwhile(p: Project) -> None:
