@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from ..core import fsutil, limits, rules
 from ..core.config import Config
 from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
-from ..core.timeutil import humanize, iso, now
+from ..core.timeutil import iso, now
 from ..tasks import worklog
 from ..tasks.store import TaskStore
 from ..tasks.task import TaskSummary
@@ -57,8 +57,7 @@ class TaskQueue:
         """End the claim `token` holds; ClaimRefused if another holder took it over meanwhile."""
         if not self.claims.drop(task_id, token):
             current = self.read_claim(task_id)
-            holder = f", now held by {current.caller}" if current else ""
-            raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile{holder}; stop work on it")
+            raise ClaimRefused(advice.taken_over_meanwhile(task_id, current.caller if current else None))
 
     def event(self, kind: str, task_id: str, **fields: object) -> None:
         """Record one transition in the event log (events.jsonl, or the Redis stream).
@@ -155,7 +154,7 @@ class TaskQueue:
                 if isinstance(outcome, dict):
                     return outcome
         scope = f" in project {project}" if project else (" in this batch" if ids is not None else "")
-        raise NothingToClaim(f"nothing to claim{scope}: no task is ready (see `hypervisor preflight`)")
+        raise NothingToClaim(advice.nothing_to_claim(scope))
 
     def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool) -> dict | str | None:
         """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock.
@@ -178,10 +177,7 @@ class TaskQueue:
             summary = first_read[0]
             at = now()
             if claim is not None and not claim.expired(at):
-                return (
-                    f"task {task_id} is already claimed by {claim.caller} until {iso(claim.lease_expires_at)} "
-                    f"({humanize(claim.lease_expires_at - at)} left); claim another task"
-                )
+                return advice.already_claimed(task_id, claim, at)
             status = summary["status"]
             stranded = status == "in_progress" and claim is None
             if stranded:
@@ -192,10 +188,7 @@ class TaskQueue:
                 return advice.unclaimable(task_id, summary)
             waiting = rules.blocking_dependencies(summary["depends_on"], self.store.queue_view()[1])
             if waiting:
-                return (
-                    f"task {task_id} waits on unfinished dependencies: {', '.join(waiting)}; finish those first, "
-                    "or claim another task"
-                )
+                return advice.waiting(task_id, waiting)
             attempts = max(summary["attempts"], claim.attempts if claim else 0) + 1
             previous = None
             if claim is not None:
@@ -217,14 +210,10 @@ class TaskQueue:
             )
             winner = self.claims.acquire(new, fence)
             if winner is not None:
-                return f"task {task_id} was claimed meanwhile by {winner.caller}; claim another task"
+                return advice.claimed_meanwhile(task_id, winner.caller)
             if attempts > self.config.max_attempts:
                 self._dead_letter(known, claim, new.token, attempts - 1)
-                return (
-                    f"task {task_id} failed {attempts - 1} attempts (max_attempts {self.config.max_attempts}) and was "
-                    f"moved to blocked; claim another task (a person can retry it with `hypervisor reopen {task_id} "
-                    "--reset-attempts`)"
-                )
+                return advice.dead_lettered(task_id, attempts - 1, self.config.max_attempts)
             fsutil.fault_point("claim-recorded")
             note = recovery.stranded_note(summary, caller, at) if stranded else None
 
@@ -277,7 +266,7 @@ class TaskQueue:
         summary, _ = self.store.read(known)
         claim = self.read_claim(task_id)
         if claim is None:
-            raise ClaimRefused(f"claim lost: task {task_id} has no live claim (it is {summary['status']}); stop")
+            raise ClaimRefused(advice.supervised_lost(task_id, summary["status"]))
         problem = claims.token_problem(claim, token, now())
         if problem:
             raise ClaimRefused(problem)
@@ -307,7 +296,7 @@ class TaskQueue:
     def _authorise(self, task_id: str, summary: TaskSummary, token: str | None, caller: str | None) -> Claim:
         """The live claim if `token` (or `caller`) holds it; ClaimRefused with what to do next otherwise."""
         if not token and not caller:
-            raise UsageError(f"task {task_id}: give the claim token (or the caller that holds the claim)")
+            raise UsageError(advice.no_token(task_id))
         claim = self.read_claim(task_id)
         at = now()
         if claim is None:
@@ -353,7 +342,7 @@ class TaskQueue:
                 raise ClaimRefused(advice.ended_by_file(task_id, summary["status"]))
             renewed = self.claims.renew(task_id, claim.token, lease_seconds)
             if renewed is None:
-                raise ClaimRefused(f"claim lost: task {task_id} was taken over meanwhile; stop work on it")
+                raise ClaimRefused(advice.taken_over_meanwhile(task_id))
             recovery.write_back(self, known, renewed)
             self.event("renewed", task_id, caller=renewed.caller, lease_expires_at=iso(renewed.lease_expires_at))
             return {"id": task_id, "lease_expires_at": iso(renewed.lease_expires_at), "caller": renewed.caller}
@@ -454,7 +443,8 @@ class TaskQueue:
         touch ends (recovery.reconcile)."""
 
         def patch(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
-            rules.check_transition(task_id, summary["status"], outcome)
+            if not rules.may_become(summary["status"], outcome):  # a person ended it in its file (done, cancelled)
+                raise _EndedByFile(summary["status"])
             at = now()
             doc.set("status", outcome)
             if outcome == "done":
@@ -484,7 +474,19 @@ class TaskQueue:
                        attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
             return result
 
-        return self._holder_update(task_id, token, caller, patch, settle)
+        try:
+            return self._holder_update(task_id, token, caller, patch, settle)
+        except _EndedByFile as ended:
+            self.reconcile(task_id)  # rule 2: the file says the task is over, so its claim ends (claim_ended)
+            raise ClaimRefused(advice.ended_by_file(task_id, ended.status)) from None
+
+
+class _EndedByFile(Exception):
+    """An outcome the task file can no longer take: a person marked it done or cancelled under the live claim."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def _check_caller(caller: object) -> str:

@@ -8,10 +8,12 @@ from ..core import fsutil
 from ..core.config import STATE_DIR as STATE_DIR  # the task root's state layout is core's: tasks/ locks with it too
 from ..core.config import lock_path as lock_path
 from ..core.config import state_dir as state_dir
-from ..core.rules import check_task_id
+from ..core.rules import MCP_CLAIM_TOOL, check_task_id
 from ..core.timeutil import humanize, now
 
 LOCK_WAIT_SECONDS = 5.0  # a hook gives up on a lock held this long rather than stall the agent
+# The step every "this task is not yours" refusal offers (claims.advice writes the others; the hooks say these).
+ANOTHER = f"claim another task (`hypervisor claim --caller NAME`; MCP: {MCP_CLAIM_TOOL} without task_id)"
 
 
 def claim_path(state: str, task_id: str) -> str:
@@ -73,10 +75,13 @@ def token_problem(claim: Claim, token: str, at: float) -> str | None:
     previous = claim.previous or {}
     if previous.get("token") and token == previous["token"]:
         ago = humanize(at - previous["lease_expires_at"])
-        return f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id}"
+        return (
+            f"claim lost: lease expired {ago} ago, now held by {claim.caller}; stop work on task {claim.task_id} and "
+            f"{ANOTHER}"
+        )
     return (
         f"claim token does not match the live claim on task {claim.task_id} (held by {claim.caller}); "
-        "use the token your claim returned"
+        f"use the token your claim returned, or {ANOTHER}"
     )
 
 

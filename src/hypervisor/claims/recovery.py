@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..core import rules
 from ..core.errors import ClaimRefused, TaskNotFound, UsageError
 from ..core.timeutil import iso, now
 from ..tasks import worklog
@@ -111,7 +112,7 @@ def reopen(queue: TaskQueue, task_id: str, reason: str | None, reset_attempts: b
     line saying who reopened it, from what, and why. A dead letter reopened without `reset_attempts` gets one more
     attempt; with it, all of them again."""
     if reason is not None and (len(reason) > MAX_REASON or not reason.strip()):
-        raise UsageError(f"--reason: give one to {MAX_REASON} characters saying why the task is reopened")
+        raise UsageError(advice.bad_reason(MAX_REASON))
     who = who or _person()
     known = queue.store.find(task_id)
     limit = queue.config.max_attempts
@@ -124,7 +125,8 @@ def reopen(queue: TaskQueue, task_id: str, reason: str | None, reset_attempts: b
         def patch(summary: TaskSummary, doc: TaskDoc) -> dict:
             status = summary["status"]
             if status not in REOPENABLE:
-                raise ClaimRefused(advice.reopen_not_needed(task_id, status))
+                blocking = rules.blocking_dependencies(summary["depends_on"], queue.store.queue_view()[1])
+                raise ClaimRefused(advice.reopen_not_needed(task_id, status, blocking))
             attempts = max(summary["attempts"], claim.attempts if claim else 0)
             left = 0 if reset_attempts else min(attempts, limit - 1)
             doc.set("status", "active")

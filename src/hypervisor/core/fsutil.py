@@ -24,10 +24,13 @@ def pause_point(name: str) -> None:
 
 
 def _signal_at(variable: str, name: str, signal_name: str) -> None:
+    """The signal goes to the calling thread, which acts on it before it runs another line: sent to the process, it
+    may be taken by another thread (an MCP server's event loop) while this one runs on past the point, into a lock."""
     if os.environ.get(variable) == name:
+        import _thread
         import signal
 
-        os.kill(os.getpid(), getattr(signal, signal_name))
+        signal.pthread_kill(_thread.get_ident(), getattr(signal, signal_name))
 
 
 def atomic_write(path: str, data: bytes, durable: bool = True) -> None:

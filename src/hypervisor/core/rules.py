@@ -72,10 +72,15 @@ def check_task_id(task_id: object) -> str:
     if not is_task_id(task_id):
         msg = (
             f"task id {quote(task_id)} is not allowed: an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' "
-            "and '-', starts with a letter or digit, and has no '..'"
+            "and '-', starts with a letter or digit, and has no '..'; `hypervisor list` (MCP: list_tasks) shows the ids"
         )
         raise InvalidTaskId(msg)
     return task_id
+
+
+def may_become(current: str, target: str) -> bool:
+    """Whether a task may move from status `current` to `target` (staying put counts)."""
+    return target == current or target in TRANSITIONS.get(current, frozenset())
 
 
 def check_transition(task_id: str, current: str, target: str) -> None:
@@ -83,10 +88,8 @@ def check_transition(task_id: str, current: str, target: str) -> None:
     if target not in STATUSES:
         msg = f"task {task_id}: status {quote(target)} is not one of {', '.join(STATUSES)}"
         raise ClaimRefused(msg)
-    if target == current:
-        return
-    allowed = TRANSITIONS.get(current, frozenset())
-    if target not in allowed:
+    if not may_become(current, target):
+        allowed = TRANSITIONS.get(current, frozenset())
         msg = (
             f"task {task_id} is {current} and cannot become {target}; from {current} it can become: "
             f"{', '.join(s for s in STATUSES if s in allowed) or 'nothing'}"

@@ -12,9 +12,9 @@ from mcp.types import ToolAnnotations
 from pydantic import Field, ValidationError
 
 from .. import __version__
-from ..claims import recovery, views, workers
+from ..claims import advice, recovery, views, workers
 from ..claims.queue import TaskQueue
-from ..core import limits, rules
+from ..core import fsutil, limits, rules
 from ..core.errors import ClaimRefused, HypervisorError, InvalidTaskId, NothingToClaim, UsageError, storage_error
 from ..core.limits import quote
 from ..core.timeutil import iso, now
@@ -164,12 +164,11 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
         raise UsageError(f"task {task_id}: status {status!r} is not one of {', '.join(rules.STATUSES)}")
     if priority is not None and (isinstance(priority, bool) or priority not in rules.PRIORITIES):
         raise UsageError(f"task {task_id}: priority {priority!r} is not allowed: use an integer 0 (highest) to 4")
-    if status == "done":
-        raise ClaimRefused(f"task {task_id}: to finish a task, complete it with a summary (complete_task)")
-    if status == "blocked":
-        raise ClaimRefused(f"task {task_id}: to block a task, block it with a reason (block_task)")
+    if status in ("done", "blocked"):
+        raise ClaimRefused(advice.finish_with(task_id, status))
     result: dict = {"id": task_id}
     claim = queue.read_claim(task_id)
+    fsutil.pause_point("update-read")  # tests stop here to claim the task meanwhile
     if status == "in_progress" and (claim is None or claim.expired(now())) and not token:
         if not caller:
             raise UsageError(f"task {task_id}: name the caller to claim it (status in_progress claims the task)")
@@ -190,7 +189,8 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
     def change(summary: TaskSummary, doc: TaskDoc, held: Claim | None) -> dict:
         ended.clear()
         if status is not None and status != summary["status"]:
-            rules.check_transition(task_id, summary["status"], status)
+            if not rules.may_become(summary["status"], status):
+                raise ClaimRefused(advice.cannot_become(task_id, summary["status"], status))
             doc.set("status", status)
             if held is not None and status != "in_progress":
                 ended.append(held)
@@ -219,7 +219,7 @@ def dispatch_update(queue: TaskQueue, task_id: str, token: str | None = None, ca
     with queue.store.task_lock(task_id):
         current = queue.read_claim(task_id)
         if current is not None and not current.expired(now()):
-            raise ClaimRefused(f"task {task_id} was claimed meanwhile by {current.caller}; claim another task")
+            raise ClaimRefused(advice.claimed_meanwhile(task_id, current.caller))
         answer = queue.store.rewrite_locked(known, lambda summary, doc: change(summary, doc, None))
         return settle(answer, None)
 
@@ -306,10 +306,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         checked(caller=caller, task_id=task_id, project=project, batch=batch)
         if supervised is not None:
             if task_id not in (None, supervised[0]):
-                raise ToolError(
-                    f"you were started by the hypervisor supervisor for task {supervised[0]}, which is already "
-                    f"claimed for you: call claim_next_task with task_id {supervised[0]!r} and work only on it"
-                )
+                raise ToolError(advice.supervised_other(supervised[0]))
             return call("handed_over", *supervised)
         return call("claim_next", caller, task_id=task_id, project=project, ids=batch)
 

@@ -7,6 +7,7 @@ import os
 from ..claims import records as claims
 from ..claims import workers
 from ..core import rules
+from ..core.errors import HookInputError
 from .gate import HookContext, held_claim, relative
 from .payload import ToolCall
 
@@ -36,16 +37,28 @@ def track(call: ToolCall, env: Mapping[str, str], context: HookContext) -> None:
         if not from_env:
             workers.unbind(state, call.worker)  # completed, blocked, released or taken over: gate it again
         return
-    if not claims.file_shows(state, claim):
-        _reconcile(state, task_id, context)
     files = [] if call.failed else [relative(path, context.project_dir) for path in call.paths]
     workers.record_call(state, task_id, token, call.raw_tool, files, bool(call.failed))
+    if not claims.file_shows(state, claim):
+        _reconcile(state, task_id, context)
 
 
 def _reconcile(state: str, task_id: str, context: HookContext) -> None:
     """Write back a task file that no longer shows its live claim (an editor saved an old buffer). Rare, so the
-    task store and its YAML parser, which a hook never loads otherwise, are loaded only here."""
-    from ..claims.queue import TaskQueue
-    from ..tasks.store import TaskStore
+    task store and its YAML parser, which a hook never loads otherwise, are loaded only here: from site-packages,
+    which a hook started with `python -S` (as hooks.json starts it) looks in only now."""
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        import site
 
+        site.main()
+    try:
+        from ..claims.queue import TaskQueue
+        from ..tasks.store import TaskStore
+    except ImportError as error:
+        raise HookInputError(
+            f"the file of task {task_id} does not show its live claim, and this Python cannot load the task store "
+            f"to write it back ({error}); the next `hypervisor list` or renewal does"
+        ) from None
     TaskQueue(TaskStore(os.path.dirname(state)), claims=context.claims).reconcile(task_id)

@@ -294,7 +294,9 @@ class TaskStore:
         for report in invalid:
             if report.get("duplicate_of") == task_id or os.path.basename(report["path"]) == task_id + ".md":
                 raise TaskNotFound(f"task {task_id} cannot be used: {report['error']}")
-        raise TaskNotFound(f"no task with id {task_id!r} under {self.root}; `hypervisor list` shows the ids")
+        raise TaskNotFound(
+            f"no task with id {task_id!r} under {self.root}; `hypervisor list` (MCP: list_tasks) shows the ids"
+        )
 
     def path_of(self, summary: TaskSummary) -> str:
         """Absolute path of a task's file."""
