@@ -327,7 +327,7 @@ CASES = [
          ["complete", "{id}", "--summary", "x"], ("complete_task", {"id": "{id}", "summary": "x"}), code=2,
          also_cli=lambda p, tid, ctx: cli_ok(p, "complete", tid, "--summary", "x", "--token", ctx["token"]),
          also_mcp=("complete_task", {"id": "{id}", "summary": "x", "claim_token": "{token}"})),
-    Case("bad-caller", active, "(302 characters) is not allowed: name the worker in one line", [],
+    Case("bad-caller", active, "caller is 300 characters, too long: One line of at most 200 characters", [],
          ["claim", "{id}", "--caller", "x" * 300], ("claim_next_task", {"caller": "x" * 300, "task_id": "{id}"}),
          code=2, also_cli=lambda p, tid, ctx: cli_ok(p, "claim", tid, "--caller", CALLER), also_mcp=CLAIM_MCP),
     Case("bad-lease", active, "is not a duration: write e.g. 90s", [], [*CLAIM, "--lease", "soon"], code=2,

@@ -30,7 +30,7 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
     try:
         recovery.reconcile_all(queue)  # a listing is a touch: files that do not show their live claim are written back
     except OSError as error:  # a read stays a read where nothing can be written (a read-only or full disk)
-        from .queue import warn
+        from .holding import warn
 
         warn(f"a task file that does not show its live claim was not written back: {storage_error(error)}")
     if ready:
