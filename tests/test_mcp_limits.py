@@ -252,7 +252,7 @@ def test_the_store_itself_refuses_to_write_an_unreadable_file(root):
 
 # -- the real server, over stdio, refusing 50+ bad calls in one session ---------------------------------------------
 ALLOWED = ("allowed", "at most", "should be", "required", "must", "one of", "hex digits", "no task with id",
-           "the tools are", "complete it", "Nothing was written")  # fmt: skip
+           "the tools are", "complete it", "use `hypervisor", "Nothing was written")  # fmt: skip
 BASE = {"list_tasks": {}, "get_task": {"id": "a"}, "claim_next_task": {"caller": "w9"}, "update_task": {"id": "a"},
         "complete_task": {"id": "a", "summary": "did it", "caller": "w9"},
         "block_task": {"id": "a", "reason": "stuck", "caller": "w9"}, "release_task": {"id": "a", "caller": "w9"},
@@ -316,7 +316,7 @@ def bad_calls(tools: dict) -> list[tuple[str, dict, list[str]]]:
         ("update_task", {"id": "a", "priority": 9}, ["argument priority: Input should be less than or equal to 4"]),
         ("update_task", {"id": "a", "priority": -1}, ["greater than or equal to 0"]),
         ("update_task", {"id": "a", "priority": 2.5}, ["argument priority: Input should be a valid integer"]),
-        ("update_task", {"id": "a", "status": "done"}, ["to finish a task, complete it with a summary"]),
+        ("update_task", {"id": "a", "status": "done"}, ["update_task does not set done, which logs an outcome: use `hypervisor complete a"]),
         ("update_task", {"id": "a", "status": "x" * MB}, ["argument status: Input should be"]),
         ("get_index_stats", {"include_projects": {"a": "b" * MB}}, ["argument include_projects: Input should be"]),
         ("get_task", {}, ["argument id is missing: it is required"]),
