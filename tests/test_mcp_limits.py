@@ -316,7 +316,11 @@ def bad_calls(tools: dict) -> list[tuple[str, dict, list[str]]]:
         ("update_task", {"id": "a", "priority": 9}, ["argument priority: Input should be less than or equal to 4"]),
         ("update_task", {"id": "a", "priority": -1}, ["greater than or equal to 0"]),
         ("update_task", {"id": "a", "priority": 2.5}, ["argument priority: Input should be a valid integer"]),
-        ("update_task", {"id": "a", "status": "done"}, ["update_task does not set done, which logs an outcome: use `hypervisor complete a"]),
+        (
+            "update_task",
+            {"id": "a", "status": "done"},
+            ["update_task does not set done, which logs an outcome: use `hypervisor complete a"],
+        ),
         ("update_task", {"id": "a", "status": "x" * MB}, ["argument status: Input should be"]),
         ("get_index_stats", {"include_projects": {"a": "b" * MB}}, ["argument include_projects: Input should be"]),
         ("get_task", {}, ["argument id is missing: it is required"]),
