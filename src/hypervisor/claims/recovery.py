@@ -94,9 +94,12 @@ def reconcile(queue: TaskQueue, task_id: str) -> str | None:
 
 def reconcile_all(queue: TaskQueue) -> int:
     """Rule 2 over every live claim whose indexed file does not show it (what a listing does); how many changed."""
+    live = queue.live_claims()
+    if not live:
+        return 0
     by_id = queue.store.by_id(refresh=False)
     changed = 0
-    for task_id, claim in queue.live_claims().items():
+    for task_id, claim in live.items():
         summary = by_id.get(task_id)
         if summary is None or (summary["status"] == "in_progress" and summary["assignee"] == claim.caller):
             continue
