@@ -209,6 +209,30 @@ def fill(root: Path, leave_pages: int = 0) -> Path:
 
 
 # -- a. a full disk ---------------------------------------------------------------------------------------------------
+def people_save(folder: Path, old_buffer: str) -> None:
+    """A person's editor saves two files (no bigger than before): t4 edited, so the index is stale, and
+    `old_buffer` saved from a buffer loaded before its claim, so its file no longer shows the live claim."""
+    edited = folder / "t4.md"
+    edited.write_bytes(edited.read_bytes().replace(b"Task t4", b"Task T4"))
+    stale = folder / f"{old_buffer}.md"
+    stale.write_bytes(stale.read_bytes().replace(b"status: in_progress", b"status: active"))
+
+
+def every_write(project: Project, t1: str, t2: str, t3: str) -> dict[str, subprocess.CompletedProcess]:
+    """Each write command run once, by name: t1-t3 are claimed with these tokens, t4 is free, b1 is blocked."""
+    return {
+        "claim": project.hv("claim", "t4", "--caller", "w4"),
+        "claim next": project.hv("claim", "--caller", "w4"),
+        "renew": project.hv("renew", "t1", "--token", t1),
+        "complete": project.hv("complete", "t1", "--token", t1, "--summary", "did it"),
+        "block": project.hv("block", "t2", "--token", t2, "--reason", "needs a key"),
+        "release": project.hv("release", "t3", "--token", t3),
+        "triage": project.hv("triage"),
+        "run": project.hv("run", "--agent", "triage", "--workers", "2"),
+        "reopen": project.hv("reopen", "b1"),
+    }
+
+
 def test_a_full_disk_fails_each_write_in_one_line_and_the_tools_finish_every_task_after(small_disk):
     """Every write command exits 1 with one line (a claim record, a task file, run.json: each needs a new block);
     list, show, stats, validate and preflight exit 0: they need no write (the index is a cache, and a listing's
@@ -224,24 +248,10 @@ def test_a_full_disk_fails_each_write_in_one_line_and_the_tools_finish_every_tas
     filler = fill(project.root)
     # A person's editor writes while the disk is full (no bigger than before, so it fits): t4 edited (the index is
     # stale now), t5 saved from an old buffer (its file no longer shows its live claim: a listing writes it back).
-    edited = project.root / "t4.md"
-    edited.write_bytes(edited.read_bytes().replace(b"Task t4", b"Task T4"))
-    old_buffer = project.root / "t5.md"
-    old_buffer.write_bytes(old_buffer.read_bytes().replace(b"status: in_progress", b"status: active"))
+    people_save(project.root, old_buffer="t5")
     before = project.tasks()
 
-    results = {
-        "claim": project.hv("claim", "t4", "--caller", "w4"),
-        "claim next": project.hv("claim", "--caller", "w4"),
-        "renew": project.hv("renew", "t1", "--token", t1),
-        "complete": project.hv("complete", "t1", "--token", t1, "--summary", "did it"),
-        "block": project.hv("block", "t2", "--token", t2, "--reason", "needs a key"),
-        "release": project.hv("release", "t3", "--token", t3),
-        "triage": project.hv("triage"),
-        "run": project.hv("run", "--agent", "triage", "--workers", "2"),
-        "reopen": project.hv("reopen", "b1"),
-    }
-    for name, result in results.items():
+    for name, result in every_write(project, t1, t2, t3).items():
         print(name, "->", one_line(result, ENOSPC, project.root))
     consistent(project, unchanged=before)
     assert set(project.claims()) == {"t1", "t2", "t3", "t5"}, "a failed claim left its record"
@@ -330,24 +340,10 @@ def test_b_read_only_disk_fails_each_write_in_one_line_and_reads_still_work(read
     assert probe.value.errno == errno.EROFS
     # Through the writable side, as a person's editor would: t4 edited (the index is stale now) and t3 saved from
     # an old buffer (its file no longer shows its live claim: a listing would write it back).
-    edited = project.data / "t4.md"
-    edited.write_bytes(edited.read_bytes().replace(b"Task t4", b"Task T4"))
-    old_buffer = project.data / "t3.md"
-    old_buffer.write_bytes(old_buffer.read_bytes().replace(b"status: in_progress", b"status: active"))
+    people_save(project.data, old_buffer="t3")
     before = project.everything()
 
-    results = {
-        "claim": project.hv("claim", "t4", "--caller", "w4"),
-        "claim next": project.hv("claim", "--caller", "w4"),
-        "renew": project.hv("renew", "t1", "--token", t1),
-        "complete": project.hv("complete", "t1", "--token", t1, "--summary", "did it"),
-        "block": project.hv("block", "t2", "--token", t2, "--reason", "needs a key"),
-        "release": project.hv("release", "t3", "--token", t3),
-        "triage": project.hv("triage"),
-        "run": project.hv("run", "--agent", "triage", "--workers", "2"),
-        "reopen": project.hv("reopen", "b1"),
-    }
-    for name, result in results.items():
+    for name, result in every_write(project, t1, t2, t3).items():
         print(name, "->", one_line(result, EROFS, project.root))
     for command in (("list",), ("list", "--json", "--ready"), ("show", "t3"), ("stats",), ("validate",),
                     ("preflight",)):  # fmt: skip
