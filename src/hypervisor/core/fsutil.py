@@ -38,35 +38,17 @@ def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
 
     `durable=False` skips the fsyncs: still atomic for readers, but a power cut may lose the write (for live views
     that are rewritten often and rebuilt anyway)."""
-    directory = os.path.dirname(path) or "."
+    tmp, _, _ = _staged(path, data, durable)
     try:
-        fd, tmp = _temp_file_beside(path)
-    except OSError as error:
-        raise _naming(error, path) from None
-    try:
-        try:
-            os.fchmod(fd, os.stat(path).st_mode & 0o7777)
-        except FileNotFoundError:
-            pass
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
         fault_point("write-before-replace")
         os.replace(tmp, path)
     except BaseException as error:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         if isinstance(error, OSError):
             raise _naming(error, path) from None
         raise
     if durable:
-        _fsync_dir(directory)
+        _fsync_dir(os.path.dirname(path) or ".")
 
 
 def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: int) -> bool:
@@ -78,24 +60,10 @@ def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: 
     atomically and the file it displaced is compared afterwards: a save made at any moment before the swap is seen
     and swapped back. Elsewhere the check is made just before os.replace, which narrows the window to microseconds.
     """
-    directory = os.path.dirname(path) or "."
+    tmp, ours, existed = _staged(path, data, durable=True)
     try:
-        fd, tmp = _temp_file_beside(path)
-    except OSError as error:
-        raise _naming(error, path) from None
-    try:
-        try:
-            st = os.stat(path)
-            os.fchmod(fd, st.st_mode & 0o7777)
-        except FileNotFoundError:
-            os.close(fd)
-            fd = -1
+        if not existed:
             return False
-        _write_all(fd, data)
-        os.fsync(fd)
-        ours = os.fstat(fd).st_ino
-        os.close(fd)
-        fd = -1
         fault_point("write-before-replace")
         swapped = _exchange(tmp, path)
         if swapped is None:  # no RENAME_EXCHANGE here: check, then replace
@@ -113,14 +81,43 @@ def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: 
     except OSError as error:
         raise _naming(error, path) from None
     finally:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    _fsync_dir(directory)
+        _discard(tmp)  # the file the swap displaced, or ours when nothing was replaced
+    _fsync_dir(os.path.dirname(path) or ".")
     return True
+
+
+def _staged(path: str, data: bytes, durable: bool) -> tuple[str, int, bool]:
+    """(temporary file, its inode, whether `path` exists) for `data` written beside `path` with `path`'s mode,
+    fsync'd if `durable` and closed: what both ways of replacing `path` start from. Errors name `path`."""
+    try:
+        fd, tmp = _temp_file_beside(path)
+    except OSError as error:
+        raise _naming(error, path) from None
+    try:
+        try:
+            os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+        ino = os.fstat(fd).st_ino
+    except BaseException as error:
+        os.close(fd)
+        _discard(tmp)
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
+        raise
+    os.close(fd)
+    return tmp, ino, existed
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
