@@ -82,7 +82,8 @@ class HolderOperations:
         marked done, blocked, review or cancelled ends the claim instead, and the renewal is refused."""
         known = self.store.find(task_id)
         with self.store.task_lock(task_id):
-            summary, _ = self.store.read(known)
+            first_read = self.store.read_raw(known)
+            summary = first_read[0]
             claim = self._authorise(task_id, summary, token, caller)
             if summary["status"] in recovery.ENDED_BY_FILE:
                 recovery.end_claim(self, claim, summary["status"])
@@ -90,7 +91,7 @@ class HolderOperations:
             renewed = self.claims.renew(task_id, claim.token, lease_seconds)
             if renewed is None:
                 raise ClaimRefused(advice.taken_over_meanwhile(task_id))
-            recovery.write_back(self, known, renewed)
+            recovery.write_back(self, known, renewed, first_read)
             self.event("renewed", task_id, caller=renewed.caller, lease_expires_at=iso(renewed.lease_expires_at))
             return {"id": task_id, "lease_expires_at": iso(renewed.lease_expires_at), "caller": renewed.caller}
 

@@ -53,9 +53,10 @@ def stranded_note(summary: TaskSummary, caller: str, at: float) -> str:
     return worklog.format_entry(at, caller, "taken over", text)
 
 
-def write_back(queue: TaskQueue, known: TaskSummary, claim: Claim) -> bool:
+def write_back(queue: TaskQueue, known: TaskSummary, claim: Claim, first_read: tuple | None = None) -> bool:
     """Make the file show the live `claim` (status in_progress, assignee its caller, attempts at least its count),
-    with a `restored` event if it did not; the caller holds the task's lock."""
+    with a `restored` event if it did not; the caller holds the task's lock (and `first_read` is a `read_raw` it
+    made under it, or None)."""
 
     def agree(summary: TaskSummary, doc: TaskDoc) -> tuple[str, str | None] | None:
         before = (summary["status"], summary["assignee"])
@@ -65,7 +66,7 @@ def write_back(queue: TaskQueue, known: TaskSummary, claim: Claim) -> bool:
             doc.set("attempts", claim.attempts)
         return before if doc.changed else None
 
-    before = queue.store.rewrite_locked(known, agree)
+    before = queue.store.rewrite_locked(known, agree, first_read)
     if before is not None:
         queue.event("restored", claim.task_id, caller=claim.caller, file_status=before[0], file_assignee=before[1])
     return before is not None
@@ -85,11 +86,12 @@ def reconcile(queue: TaskQueue, task_id: str) -> str | None:
         claim = queue.read_claim(task_id)
         if claim is None or claim.expired(now()):
             return None
-        summary, _ = queue.store.read(known)
+        first_read = queue.store.read_raw(known)
+        summary = first_read[0]
         if summary["status"] in ENDED_BY_FILE:
             end_claim(queue, claim, summary["status"])
             return "ended"
-        return "restored" if write_back(queue, known, claim) else None
+        return "restored" if write_back(queue, known, claim, first_read) else None
 
 
 def reconcile_all(queue: TaskQueue) -> int:
