@@ -12,7 +12,7 @@ from ..core.config import Config
 from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
 from ..core.timeutil import iso, now
 from ..tasks import worklog
-from ..tasks.store import TaskStore
+from ..tasks.store import FRESH_FOR, TaskStore
 from ..tasks.task import TaskSummary
 from ..tasks.taskfile import TaskDoc
 from . import advice, recovery, workers
@@ -20,8 +20,6 @@ from . import records as claims
 from .backend import FileClaims, open_claims, resolve_backend
 from .holding import HolderOperations, warn
 from .records import Claim
-
-INDEX_MAX_AGE = 1.0
 
 
 class TaskQueue(HolderOperations):
@@ -77,7 +75,7 @@ class TaskQueue(HolderOperations):
               max_age: float | None = None) -> list[TaskSummary]:  # fmt: skip
         """Claimable tasks in queue order: status inbox/active (or an expired claim), dependencies finished.
 
-        `max_age` lets a hot loop reuse an index that recent; every claim re-checks the task under its lock.
+        `max_age` lets a caller use an index walked that recently; every claim re-checks the task under its lock.
         """
         return list(self._ready_iter(project, ids, max_age))
 
@@ -85,11 +83,10 @@ class TaskQueue(HolderOperations):
         self, project: str | None, ids: Iterable[str] | None, max_age: float | None
     ) -> Iterator[TaskSummary]:
         self.store.refresh(max_age)
-        ordered, status_of = self.store.queue_view()
         wanted = set(ids) if ids is not None else None
         with_record = self.claims.names(max_age)
         at = now()
-        for summary in ordered:
+        for summary in self.store.in_queue_order():
             task_id = summary["id"]
             if wanted is not None and task_id not in wanted:
                 continue
@@ -104,7 +101,8 @@ class TaskQueue(HolderOperations):
                     continue  # in_progress with no claim: claimable once it has been left alone a whole lease
             elif live:
                 continue
-            if rules.blocking_dependencies(summary["depends_on"], status_of):
+            depends_on = summary["depends_on"]
+            if depends_on and rules.blocking_dependencies(depends_on, self.store.indexed_statuses(depends_on)):
                 continue
             yield summary
 
@@ -135,9 +133,9 @@ class TaskQueue(HolderOperations):
             if isinstance(outcome, str):
                 raise ClaimRefused(outcome)
             return outcome
-        # A recent index is good enough to pick candidates (each is re-checked under its lock), but
-        # "nothing to claim" is only said after a full, fresh look.
-        for max_age in (INDEX_MAX_AGE, None):
+        # An index walked within FRESH_FOR is good enough to pick candidates (each is re-read under its lock, its
+        # dependencies checked against their files), but "nothing to claim" is only said after a fresh walk.
+        for max_age in (FRESH_FOR, None):
             contended = []
             for summary in self._ready_iter(project, ids, max_age):
                 outcome = self._try_claim(summary, caller, lease, blocking=False)
@@ -182,7 +180,8 @@ class TaskQueue(HolderOperations):
                     return advice.stranded(task_id, summary, wait)
             elif not self._claimable_status(status, claim is not None):
                 return advice.unclaimable(task_id, summary)
-            waiting = rules.blocking_dependencies(summary["depends_on"], self.store.queue_view()[1])
+            depends_on = summary["depends_on"]
+            waiting = rules.blocking_dependencies(depends_on, self.store.fresh_statuses(depends_on))
             if waiting:
                 return advice.waiting(task_id, waiting)
             attempts = max(summary["attempts"], claim.attempts if claim else 0) + 1

@@ -99,10 +99,9 @@ def reconcile_all(queue: TaskQueue) -> int:
     live = queue.live_claims()
     if not live:
         return 0
-    by_id = queue.store.by_id(refresh=False)
     changed = 0
     for task_id, claim in live.items():
-        summary = by_id.get(task_id)
+        summary = queue.store.indexed(task_id)
         if summary is None or (summary["status"] == "in_progress" and summary["assignee"] == claim.caller):
             continue
         try:
@@ -130,7 +129,9 @@ def reopen(queue: TaskQueue, task_id: str, reason: str | None, reset_attempts: b
         def patch(summary: TaskSummary, doc: TaskDoc) -> dict:
             status = summary["status"]
             if status not in REOPENABLE:
-                blocking = rules.blocking_dependencies(summary["depends_on"], queue.store.queue_view()[1])
+                blocking = rules.blocking_dependencies(
+                    summary["depends_on"], queue.store.fresh_statuses(summary["depends_on"])
+                )
                 raise ClaimRefused(advice.reopen_not_needed(task_id, status, blocking))
             attempts = max(summary["attempts"], claim.attempts if claim else 0)
             left = 0 if reset_attempts else min(attempts, limit - 1)

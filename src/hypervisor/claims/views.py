@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING
 from ..core import rules
 from ..core.errors import storage_error
 from ..core.timeutil import iso, now
-from ..tasks.store import order_key
 from . import recovery
-from .queue import INDEX_MAX_AGE
 
 if TYPE_CHECKING:
     from ..tasks.task import InvalidEntry, TaskSummary
@@ -33,21 +31,15 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
         from .holding import warn
 
         warn(f"a task file that does not show its live claim was not written back: {storage_error(error)}")
-    if ready:
-        items = queue.ready(project=project, max_age=INDEX_MAX_AGE)  # the refresh just made
-        invalid = queue.store.summaries(refresh=False)[1]
-    else:
-        items, invalid = queue.store.summaries(refresh=False)
+    invalid = queue.store.invalid()
+    if not ready:  # filtered in the index: only the rows shown are decoded
+        return queue.store.select(statuses, project, assignee), invalid
     wanted = set(statuses)
     items = [
         s
-        for s in items
-        if (not wanted or s["status"] in wanted)
-        and (project is None or s["project"] == project)
-        and (assignee is None or s["assignee"] == assignee)
+        for s in queue.ready(project=project, max_age=float("inf"))  # the walk just made
+        if (not wanted or s["status"] in wanted) and (assignee is None or s["assignee"] == assignee)
     ]
-    if not ready:  # filter first: sorting only what is shown is what keeps `list` fast
-        items.sort(key=order_key)
     return items, invalid
 
 

@@ -26,7 +26,6 @@ def claim(task_id, caller, lease, project, tasks, as_json) -> None:
     ctx = context_for(tasks)
     lease_seconds = parse_duration(lease, "--lease") if lease else None
     result = ctx.queue.claim_next(caller, task_id=task_id, project=project, lease_seconds=lease_seconds)
-    ctx.store.save_index()
     if as_json:
         emit_json(result)
     else:
@@ -113,7 +112,6 @@ def reopen(task_id, reason, reset_attempts, tasks, as_json) -> None:
     """
     ctx = context_for(tasks)
     result = ctx.queue.reopen(task_id, reason=reason, reset_attempts=reset_attempts)
-    ctx.store.save_index()
     if as_json:
         emit_json(result)
     else:

@@ -38,7 +38,6 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
     from ..claims import views
 
     items, invalid = views.listing(ctx.queue, statuses, project=project, assignee=assignee, ready=ready)
-    ctx.store.save_index()
     items = items[:limit]
     _warn_invalid(invalid)
     if as_json:
@@ -85,7 +84,6 @@ def stats(by_project, tasks, as_json) -> None:
     from ..claims import views
 
     result = views.stats(ctx.queue, by_project=by_project)
-    ctx.store.save_index()
     if as_json:
         emit_json(result)
         return
@@ -128,7 +126,6 @@ def validate(tasks, as_json) -> None:
 
     ctx = context_for(tasks)
     problems, checked = validate_store(ctx.store)
-    ctx.store.save_index()
     if as_json:
         emit_json({"checked": checked, "invalid": len({p["path"] for p in problems}), "problems": problems})
     else:

@@ -93,7 +93,6 @@ class Supervisor(Settling):
         self.prepare()
         self.queue.store.ensure_state()
         report = self.preflight_report = report or self.preflight()
-        self.queue.store.save_index()  # so each worker process re-reads only the files that change
         self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
         if self.invalid:
             self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import os
 import stat
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
 from ..core.errors import ConcurrentEdit, TaskFileError, TaskNotFound
 from ..core.rules import check_task_id, queue_order
-from .task import InvalidEntry, TaskSummary, is_invalid, summarize
+from .index import TaskIndex, make_row
+from .task import InvalidEntry, TaskSummary, summarize
 
 if TYPE_CHECKING:
     from .taskfile import TaskDoc
 
 
-INDEX_VERSION = 1
+FRESH_FOR = 10.0  # seconds: a claim picks from an index walked this recently (the task it takes is read fresh)
 WRITE_TRIES = 8  # re-reads of a file a person keeps saving before a rewrite gives up
 
 T = TypeVar("T")
@@ -43,13 +43,9 @@ class TaskStore:
         self.root = os.path.abspath(root)
         self.real_root = os.path.realpath(self.root)
         self.state = state_dir(self.root)
-        self._entries: dict[str, list] = {}
-        self._loaded = False
-        self._dirty = False
-        self._generation = 0
+        self._index: TaskIndex | None = None
         self._refreshed_at = float("-inf")
-        self._summaries: tuple[int, list[TaskSummary], list[InvalidEntry]] | None = None
-        self._queue_view: tuple[int, list[TaskSummary], dict[str, str]] | None = None
+        self._summaries: tuple[tuple[int, int], list[TaskSummary], list[InvalidEntry]] | None = None
 
     # -- state folder -------------------------------------------------------------------------------------------
     def ensure_state(self) -> str:
@@ -108,136 +104,77 @@ class TaskStore:
                     except OSError:
                         continue
 
-    def _index_path(self) -> str:
-        return os.path.join(self.state, "index.json")
+    def _inside(self, path: str) -> bool:
+        return os.path.commonpath([os.path.realpath(path), self.real_root]) == self.real_root
 
-    def _load_index(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # thousands of small dicts: collection passes would cost a third of the load
-        try:
-            with open(self._index_path(), "rb") as handle:
-                saved = json.loads(handle.read())
-            # Entries are keyed by path relative to the root and checked by (mtime, size, inode), so an index
-            # stays valid for a host that mounts the same folder at another path, and a copy re-reads its files.
-            if saved.get("version") == INDEX_VERSION:
-                self._entries = saved["entries"]
-        except (OSError, ValueError, KeyError, AttributeError):
-            self._entries = {}
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+    @property
+    def index(self) -> TaskIndex:
+        """The index of this root's files (opened on first use, made with the state folder if need be)."""
+        if self._index is None:
+            if os.path.isdir(self.root):
+                with contextlib.suppress(OSError):
+                    self.ensure_state()
+            self._index = TaskIndex(self.state)
+        return self._index
 
     def refresh(self, max_age: float | None = None) -> int:
-        """Bring the index up to date, re-reading only files whose stat changed; returns how many were read.
+        """Bring the index up to date with one walk of the root, re-reading only files whose stat changed; returns
+        how many were read.
 
-        With `max_age`, an index refreshed less than `max_age` seconds ago is used as it is.
+        With `max_age`, an index that this or any other process brought up to date less than `max_age` seconds ago
+        is used as it is: changes made since then are seen by the next walk (see FRESH_FOR).
         """
-        if max_age is not None and time.monotonic() - self._refreshed_at < max_age:
-            return 0
+        if max_age is not None:
+            if time.monotonic() - self._refreshed_at < max_age:
+                return 0
+            walked_at = self.index.walked_at()
+            if walked_at is not None and 0 <= time.time() - walked_at < max_age:
+                return 0
+        started = time.time()
         self._refreshed_at = time.monotonic()
-        self._load_index()
-        entries = self._entries
-        seen: dict[str, list] = {}
-        reread = 0
-        reordered = False
-        # The hot loop of every command: one stat per file, no allocation for an unchanged one.
+        known = self.index.signatures()
+        changed = []
+        # The hot loop of every walk: one stat per file, nothing allocated for an unchanged one.
         for rel, st, is_link in self._walk():
-            old = entries.get(rel)
-            if old is not None:
-                signature = old[0]
-                if signature[0] == st.st_mtime_ns and signature[1] == st.st_size and signature[2] == st.st_ino:
-                    seen[rel] = old
-                    continue
-            signature = [st.st_mtime_ns, st.st_size, st.st_ino]
-            summary = self._read_summary(rel, st, is_link)
-            reread += 1
-            if old is not None and self._patch_in_place(old, summary):
-                old[0] = signature
-                seen[rel] = old
-                continue
-            seen[rel] = [signature, summary]
-            reordered = True
-        if reread:
-            self._dirty = True
-        if reordered or len(seen) != len(entries):
-            self._generation += 1
-        self._entries = seen
-        return reread
+            signature = known.pop(rel, None)
+            if (
+                signature is None
+                or signature[0] != st.st_mtime_ns
+                or signature[1] != st.st_size
+                or signature[2] != st.st_ino
+            ):
+                changed.append((rel, st, is_link))
+        rows = self._read_rows(changed)
+        self.index.apply(rows, known, walked_at=started)
+        return len(rows)
 
-    def _patch_in_place(self, old: list, summary: TaskSummary | InvalidEntry) -> bool:
-        """Update an index entry in place if the task keeps its id and its place in the queue (the usual change:
-        a status), so the cached queue view stays valid instead of being rebuilt and re-sorted; False otherwise."""
-        view = self._queue_view
-        current = old[1]
-        if view is None or view[0] != self._generation or is_invalid(current) or is_invalid(summary):
-            return False
-        if current["id"] != summary["id"] or order_key(current) != order_key(summary):
-            return False
-        current.clear()
-        current.update(summary)
-        view[2][summary["id"]] = summary["status"]
-        return True
+    def _read_rows(self, changed: list[tuple[str, os.stat_result, bool]]) -> list:
+        """Index rows for the files of `changed`, read (in parallel when there are many); progress on stderr when
+        that takes more than a second."""
+        from .bulkread import read_entries
+
+        with Progress(len(changed), self.root) as progress:
+            entries = read_entries(self.root, changed, progress.advance)
+        return [
+            make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), entry)
+            for (rel, st, _), entry in zip(changed, entries)
+        ]
 
     def note_written(self, doc: TaskDoc) -> None:
-        """Update the index entry of a file this process just wrote, so it need not be read again."""
+        """Update the index row of a file this process just wrote, so it need not be read again."""
         rel = os.path.relpath(doc.path, self.root)
         try:
             st = os.stat(doc.path)
         except OSError:
             return
         summary = summarize(doc.data, doc.path, rel, os.path.basename(rel)[:-3])
-        signature = [st.st_mtime_ns, st.st_size, st.st_ino]
-        self._dirty = True
-        old = self._entries.get(rel)
-        if old is not None and self._patch_in_place(old, summary):
-            old[0] = signature
-            return
-        self._entries[rel] = [signature, summary]
-        self._generation += 1
+        self.index.apply([make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), summary)])
 
-    def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
-        from . import taskfile
+    def read_entry(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
+        """The index entry of one file: its summary, or the report of why the queue cannot use it."""
+        from .bulkread import read_entry
 
-        path = os.path.join(self.root, rel)
-        try:
-            if is_link:
-                self._check_inside(path)
-            if not is_link and not stat.S_ISREG(st.st_mode):
-                raise TaskFileError(path, "not a regular file")
-            doc = taskfile.read_doc(path, st.st_size)
-            return summarize(doc.data, path, rel, os.path.basename(rel)[:-3])
-        except TaskFileError as error:
-            return InvalidEntry(error=str(error), path=rel, field=error.field)
-        except OSError as error:
-            return InvalidEntry(error=f"{path}: cannot read: {error.strerror}", path=rel, field=None)
-
-    def _inside(self, path: str) -> bool:
-        return os.path.commonpath([os.path.realpath(path), self.real_root]) == self.real_root
-
-    def _check_inside(self, path: str) -> None:
-        if not self._inside(path):
-            target = os.path.realpath(path)
-            raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
-
-    def save_index(self) -> bool:
-        """Persist the index if it changed, so the next process re-reads only what changed since; whether it is
-        saved now.
-
-        The index is a cache: a disk that cannot take it (full, read-only, failing) costs the next process a
-        rescan, never the command that read the tasks (or the claim it made), so that is not an error."""
-        if not self._dirty or not os.path.isdir(self.root):
-            return not self._dirty
-        payload = {"version": INDEX_VERSION, "root": self.root, "entries": self._entries}
-        try:
-            self.ensure_state()
-            fsutil.atomic_write(self._index_path(), json.dumps(payload, separators=(",", ":")).encode())
-        except OSError:
-            return False
-        self._dirty = False
-        return True
+        return read_entry(self.root, self.real_root, rel, st, is_link)
 
     def summaries(self, refresh: bool = True) -> tuple[list[TaskSummary], list[InvalidEntry]]:
         """(valid task summaries, invalid-file reports) over the whole root; duplicate ids are invalid."""
@@ -245,39 +182,116 @@ class TaskStore:
             self.ensure_state()  # raises the clear "does not exist" message
         if refresh:
             self.refresh()
-        if self._summaries is not None and self._summaries[0] == self._generation:
+        version = self.index.version()
+        if self._summaries is not None and self._summaries[0] == version:
             return list(self._summaries[1]), list(self._summaries[2])
         valid: dict[str, TaskSummary] = {}
         invalid: list[InvalidEntry] = []
         duplicates: dict[str, list[str]] = {}
-        for rel, (_, summary) in self._entries.items():
-            if "error" in summary:  # is_invalid, inline: this loop runs over every file
-                invalid.append(summary)
+        for entry in self.index.entries():
+            if "error" in entry:  # is_invalid, inline: this loop runs over every file
+                invalid.append(entry)
                 continue
-            task_id = summary["id"]
+            task_id = entry["id"]
             if task_id in valid or task_id in duplicates:
                 duplicates.setdefault(task_id, [valid.pop(task_id)["path"]] if task_id in valid else [])
-                duplicates[task_id].append(rel)
+                duplicates[task_id].append(entry["path"])
                 continue
-            valid[task_id] = summary
+            valid[task_id] = entry
+        invalid.extend(self._duplicate_reports(duplicates))
+        invalid.sort(key=lambda report: report["path"])
+        self._summaries = (version, list(valid.values()), invalid)
+        return list(valid.values()), list(invalid)
+
+    def _duplicate_reports(self, duplicates: dict[str, list[str]]) -> list[InvalidEntry]:
+        reports = []
         for task_id, rels in duplicates.items():
             for rel in rels:
                 others = ", ".join(r for r in rels if r != rel)
                 message = (
                     f"{os.path.join(self.root, rel)}: id: {task_id!r} is also the id of {others}; ids must be unique"
                 )
-                invalid.append(InvalidEntry(error=message, path=rel, field="id", duplicate_of=task_id))
-        invalid.sort(key=lambda report: report["path"])
-        self._summaries = (self._generation, list(valid.values()), invalid)
-        return list(valid.values()), list(invalid)
+                reports.append(InvalidEntry(error=message, path=rel, field="id", duplicate_of=task_id))
+        return reports
 
-    def queue_view(self) -> tuple[list[TaskSummary], dict[str, str]]:
-        """(valid summaries in queue order, status by id) for the index as it is now; cached until it changes."""
-        if self._queue_view is None or self._queue_view[0] != self._generation:
-            valid, _ = self.summaries(refresh=False)
-            valid.sort(key=order_key)
-            self._queue_view = (self._generation, valid, {s["id"]: s["status"] for s in valid})
-        return self._queue_view[1], self._queue_view[2]
+    def select(self, statuses: Iterable[str] = (), project: str | None = None,
+               assignee: str | None = None) -> list[TaskSummary]:  # fmt: skip
+        """Valid tasks with one of `statuses` (any, if none), of `project` and `assignee` if given, in queue order,
+        from the index as it is (no walk): what a filtered `list` shows, read without decoding the other rows."""
+        where, params = ["invalid = 0", _UNIQUE_ID], []
+        statuses = list(statuses)
+        if statuses:
+            where.append("status IN (" + ", ".join("?" * len(statuses)) + ")")
+            params += statuses
+        if project is not None:
+            where.append("project = ?")
+            params.append(project)
+        if assignee is not None:
+            where.append("assignee = ?")
+            params.append(assignee)
+        return self.index.entries(" AND ".join(where), params, order="priority, no_created, created, id")
+
+    def invalid(self) -> list[InvalidEntry]:
+        """The invalid-file reports (duplicate ids included), by path, from the index as it is."""
+        reports = self.index.entries("invalid = 1")
+        duplicates: dict[str, list[str]] = {}
+        for entry in self.index.entries(f"invalid = 0 AND NOT {_UNIQUE_ID}"):
+            duplicates.setdefault(entry["id"], []).append(entry["path"])
+        reports.extend(self._duplicate_reports(duplicates))
+        reports.sort(key=lambda report: report["path"])
+        return reports
+
+    def in_queue_order(self) -> Iterator[TaskSummary]:
+        """Tasks that may be claimable (inbox, active, in_progress) in queue order, from the index as it is, read
+        lazily: a claim reads only the rows up to the first task it can take."""
+        for entry in self.index.in_queue_order():
+            if self.index.id_count(entry["id"]) == 1:
+                yield entry
+
+    def indexed_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """The status of each of `task_ids` the index knows as one valid task (others are missing)."""
+        return {task_id: found[0] for task_id, found in self.index.statuses(task_ids).items() if len(found) == 1}
+
+    def fresh_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """`indexed_statuses`, each checked against its file now: what a claim decides dependencies by. A file
+        changed since it was indexed is read again; one that is gone, or an id not found, makes one walk first."""
+        task_ids = list(task_ids)
+        if not task_ids:
+            return {}
+        found = self._checked_statuses(task_ids)
+        if len(found) < len(set(task_ids)):
+            self.refresh()
+            found = self._checked_statuses(task_ids)
+        return found
+
+    def _checked_statuses(self, task_ids: list[str]) -> dict[str, str]:
+        found = {}
+        for task_id in set(task_ids):
+            summary = self.indexed(task_id, check=True)
+            if summary is not None:
+                found[task_id] = summary["status"]
+        return found
+
+    def indexed(self, task_id: str, check: bool = False) -> TaskSummary | None:
+        """The index summary of the one valid task holding `task_id`, or None; with `check`, only if its file
+        still holds it (a file changed since it was indexed is read again and its row updated)."""
+        entries = self.index.with_id(task_id)
+        if len(entries) != 1:
+            return None
+        summary = entries[0]
+        if not check:
+            return summary
+        rel = summary["path"]
+        try:
+            st = os.stat(os.path.join(self.root, rel), follow_symlinks=False)
+        except OSError:
+            return None
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self.index.signature(rel) == signature:
+            return summary
+        entry = self.read_entry(rel, st, stat.S_ISLNK(st.st_mode))
+        self.index.apply([make_row(rel, signature, entry)])
+        return None if "error" in entry or entry["id"] != task_id else entry
 
     def by_id(self, refresh: bool = True) -> dict[str, TaskSummary]:
         """Valid task summaries keyed by id."""
@@ -285,8 +299,18 @@ class TaskStore:
         return {summary["id"]: summary for summary in valid}
 
     def find(self, task_id: str, refresh: bool = True) -> TaskSummary:
-        """The summary of one task; TaskNotFound (naming duplicates or the file's error) otherwise."""
+        """The summary of one task; TaskNotFound (naming duplicates or the file's error) otherwise.
+
+        With `refresh`, the index is brought up to date within FRESH_FOR and the task's own file checked now; a
+        task not found that way makes one full walk before it is said to be missing."""
         check_task_id(task_id)
+        if not os.path.isdir(self.root):
+            self.ensure_state()  # raises the clear "does not exist" message
+        if refresh:
+            self.refresh(FRESH_FOR)
+            summary = self.indexed(task_id, check=True)
+            if summary is not None:
+                return summary
         valid, invalid = self.summaries(refresh)
         for summary in valid:
             if summary["id"] == task_id:
@@ -375,6 +399,42 @@ class TaskStore:
             f"{self.path_of(known)} changed {WRITE_TRIES} times while hypervisor was writing it (an editor saving it "
             "again and again?); nothing was written: let the file rest a moment and run the command again"
         )
+
+
+_UNIQUE_ID = "id IN (SELECT id FROM files WHERE invalid = 0 GROUP BY id HAVING count(*) = 1)"
+
+
+class Progress:
+    """Progress of reading many task files, on stderr, once it has taken more than a second."""
+
+    AFTER = 1.0
+
+    def __init__(self, total: int, root: str) -> None:
+        self.total = total
+        self.root = root
+        self.done = 0
+        self.started = time.monotonic()
+        self.said_at: float | None = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        at = time.monotonic()
+        if self.total and at - self.started >= self.AFTER and (self.said_at is None or at - self.said_at >= 1.0):
+            self.said_at = at
+            self._say(f"indexing {self.root}: {self.done:,} of {self.total:,} task files read")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.said_at is not None and exc[0] is None and self.total:
+            elapsed = time.monotonic() - self.started
+            self._say(f"indexed {self.total:,} task files of {self.root} in {elapsed:.1f} s")
+
+    @staticmethod
+    def _say(text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"hypervisor: {text}", file=sys.stderr, flush=True)
 
 
 def order_key(summary: TaskSummary) -> tuple:
