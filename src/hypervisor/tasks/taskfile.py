@@ -7,26 +7,39 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from ..core.errors import TaskFileError
 from ..core.limits import quote
+from . import fastyaml
 
 MAX_TASK_BYTES = 2 * 1024 * 1024
 _BOM = "\ufeff"
 _DELIMITER = re.compile(r"^---[ \t]*\r?\n?\Z")
 _CLOSING = re.compile(r"^(---|\.\.\.)[ \t]*\r?\n?\Z")
-
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_yaml_classes: tuple | None = None
 
 
-class TaskLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe loader that keeps dates as the strings the user wrote, so every value is plain JSON."""
+def _classes() -> tuple:
+    """(TaskLoader, TaskDumper), made on first use: PyYAML is imported only for frontmatter fastyaml declines."""
+    global _yaml_classes
+    if _yaml_classes is None:
+        import yaml
+
+        class TaskLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+            """Safe loader that keeps dates as the strings the user wrote, so every value is plain JSON."""
+
+        class TaskDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+            """Safe dumper that writes timestamps unquoted, as a person would type them."""
+
+        TaskLoader.yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
+        TaskDumper.yaml_implicit_resolvers = _without_timestamps(yaml.SafeDumper.yaml_implicit_resolvers)
+        _yaml_classes = (TaskLoader, TaskDumper)
+    return _yaml_classes
 
 
-class TaskDumper(_BaseDumper):  # type: ignore[misc, valid-type]
-    """Safe dumper that writes timestamps unquoted, as a person would type them."""
+def __getattr__(name: str) -> Any:
+    if name in ("TaskLoader", "TaskDumper"):
+        return _classes()[name == "TaskDumper"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _without_timestamps(resolvers: dict) -> dict:
@@ -36,23 +49,30 @@ def _without_timestamps(resolvers: dict) -> dict:
     }
 
 
-TaskLoader.yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
-TaskDumper.yaml_implicit_resolvers = _without_timestamps(yaml.SafeDumper.yaml_implicit_resolvers)
-
-
 def load_yaml(text: str) -> Any:
-    """Parse YAML text with the task loader (C-accelerated where available)."""
-    return yaml.load(text, Loader=TaskLoader)  # noqa: S506 - TaskLoader is a SafeLoader
+    """Parse YAML text with PyYAML's task loader (C-accelerated where available); yaml.YAMLError if invalid."""
+    import yaml
+
+    return yaml.load(text, Loader=_classes()[0])  # noqa: S506 - TaskLoader is a SafeLoader
+
+
+def load_frontmatter(text: str) -> Any:
+    """`load_yaml(text)`, through fastyaml when the frontmatter is of the simple shapes it reads identically."""
+    data = fastyaml.load(text)
+    return load_yaml(text) if data is None else data
 
 
 def dump_field(key: str, value: Any) -> str:
     """YAML text for one top-level `key: value` entry, in block style as Obsidian writes it."""
-    return _dump({key: value})
+    text = fastyaml.dump_field(key, value)
+    return _dump({key: value}) if text is None else text
 
 
 def _dump(data: dict) -> str:
+    import yaml
+
     return yaml.dump(
-        data, Dumper=TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
+        data, Dumper=_classes()[1], sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
     )
 
 
@@ -150,10 +170,15 @@ class TaskDoc:
 
     def _verify(self) -> None:
         """Fall back to a whole-frontmatter dump if the line edit did not yield exactly `data` (exotic YAML)."""
-        try:
-            reparsed = load_yaml("".join(self.fm_lines)) or {}
-        except yaml.YAMLError:
-            reparsed = None
+        text = "".join(self.fm_lines)
+        reparsed = fastyaml.load(text)
+        if reparsed is None:
+            import yaml
+
+            try:
+                reparsed = load_yaml(text) or {}
+            except yaml.YAMLError:
+                reparsed = None
         if reparsed != self.data:
             self.fm_lines = _lines(_dump(self.data), self.newline)
 
@@ -179,13 +204,10 @@ def parse_text(text: str, path: str) -> TaskDoc:
     else:
         raise TaskFileError(path, "frontmatter is not closed: add a '---' line after the YAML")
     fm_lines = lines[1:closing_index]
-    try:
-        data = load_yaml("".join(fm_lines))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
+    fm_text = "".join(fm_lines)
+    data = fastyaml.load(fm_text)
+    if data is None:
+        data = _load_or_explain(fm_text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -208,6 +230,19 @@ def parse_text(text: str, path: str) -> TaskDoc:
         opening=lines[0],
         closing=closing,
     )
+
+
+def _load_or_explain(text: str, path: str) -> Any:
+    """`load_yaml(text)`; TaskFileError saying where and why if it is not valid YAML."""
+    import yaml
+
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
 
 
 def read_bytes(path: str, size: int | None = None) -> bytes:
