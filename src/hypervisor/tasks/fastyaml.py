@@ -11,6 +11,7 @@ _UNSAFE = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\
 # What libyaml's emitter writes as is: as above, without characters beyond the BMP (it escapes those).
 _UNSAFE_TO_DUMP = re.compile("[^\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd]")
 _KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{0,100}):(?: +|\Z)")
+_KEY_VALUE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{0,100}):(?: +(.*))?\Z")
 _ITEM_LINE = re.compile(r"( *)-(?: +|\Z)")
 _SINGLE = re.compile(r"'((?:[^']|'')*)'(?: *| +#.*)\Z")
 _DOUBLE = re.compile(r'"((?:[^"\\]|\\["\\nrt])*)"(?: *| +#.*)\Z')
@@ -52,9 +53,14 @@ class _Decline(Exception):
     """Raised inside this module for YAML it does not read itself."""
 
 
+_RESOLVED_FIRST = frozenset("-+0123456789.yYnNtTfFoO~<=!&*")  # first characters PyYAML has resolvers for
+
+
 def _resolve(text: str) -> Any:
     """The value PyYAML's resolver and SafeConstructor give the plain scalar `text` (timestamps kept as strings)."""
     first = text[0]
+    if first not in _RESOLVED_FIRST:
+        return text
     if first in "-+0123456789.":
         if _FLOAT.match(text):
             if _SIMPLE_FLOAT.match(text):
@@ -116,6 +122,21 @@ def _flow(rest: str) -> list:
 
 
 _NO_VALUE = object()  # `key:` with nothing after it (a block list may follow)
+# Caches of what is the same in most files (keys, statuses, priorities, dates, ...): exact, as both are pure.
+_STRING_KEYS: set[str] = set()
+_SCALARS: dict[str, Any] = {}
+
+
+def _string_key(key: str) -> bool:
+    """Whether PyYAML reads the plain key `key` as a string (remembered)."""
+    try:
+        if _resolve(key) is not key:
+            return False
+    except _Decline:
+        return False
+    if len(_STRING_KEYS) < 1024:
+        _STRING_KEYS.add(key)
+    return True
 
 
 def _value(rest: str) -> Any:
@@ -154,22 +175,26 @@ def load(text: str) -> dict | None:
     indent = -1
     try:
         for line in text.split("\n"):
-            if not line or line[0] == "#" or not line.strip(" "):
-                continue
-            match = _KEY_LINE.match(line)
+            match = _KEY_VALUE.match(line)
             if match is not None:
                 if items:
                     data[key] = items
-                key = match.group(1)
-                if key in data or _resolve(key) is not key:
+                key, rest = match.groups()
+                if key in data or (key not in _STRING_KEYS and not _string_key(key)):
                     return None
-                value = _value(line[match.end() :])
+                value = _SCALARS.get(rest, _NO_VALUE) if rest else _NO_VALUE
+                if value is _NO_VALUE:
+                    value = _value(rest or "")
+                    if len(_SCALARS) < 4096 and rest and type(value) is not list:
+                        _SCALARS[rest] = value
                 if value is _NO_VALUE:
                     data[key] = None
                     items, indent = [], -1
                 else:
                     data[key] = value
                     items = None
+                continue
+            if not line or line[0] == "#" or not line.strip(" "):
                 continue
             match = _ITEM_LINE.match(line)
             if match is None or items is None:

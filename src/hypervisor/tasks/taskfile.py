@@ -56,12 +56,6 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_classes()[0])  # noqa: S506 - TaskLoader is a SafeLoader
 
 
-def load_frontmatter(text: str) -> Any:
-    """`load_yaml(text)`, through fastyaml when the frontmatter is of the simple shapes it reads identically."""
-    data = fastyaml.load(text)
-    return load_yaml(text) if data is None else data
-
-
 def dump_field(key: str, value: Any) -> str:
     """YAML text for one top-level `key: value` entry, in block style as Obsidian writes it."""
     text = fastyaml.dump_field(key, value)
@@ -198,7 +192,7 @@ def parse_text(text: str, path: str) -> TaskDoc:
         raise TaskFileError(path, "no YAML frontmatter: a task file must start with a '---' line")
     newline = "\r\n" if lines[0].endswith("\r\n") else "\n"
     for index in range(1, len(lines)):
-        if _CLOSING.match(lines[index]):
+        if lines[index].startswith(("---", "...")) and _CLOSING.match(lines[index]):
             closing_index = index
             break
     else:
@@ -207,16 +201,7 @@ def parse_text(text: str, path: str) -> TaskDoc:
     fm_text = "".join(fm_lines)
     data = fastyaml.load(fm_text)
     if data is None:
-        data = _load_or_explain(fm_text, path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise TaskFileError(
-            path, f"frontmatter is a YAML {type(data).__name__}, not a mapping: write 'key: value' lines"
-        )
-    bad_keys = [key for key in data if not isinstance(key, str)]
-    if bad_keys:
-        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
+        data = _load_checked(fm_text, path)
     closing = lines[closing_index]
     if not closing.endswith("\n"):
         closing += newline
@@ -232,17 +217,28 @@ def parse_text(text: str, path: str) -> TaskDoc:
     )
 
 
-def _load_or_explain(text: str, path: str) -> Any:
-    """`load_yaml(text)`; TaskFileError saying where and why if it is not valid YAML."""
+def _load_checked(text: str, path: str) -> dict:
+    """The frontmatter mapping PyYAML reads from `text`; TaskFileError saying where and why if it is not valid YAML
+    or not a mapping with string keys."""
     import yaml
 
     try:
-        return load_yaml(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TaskFileError(
+            path, f"frontmatter is a YAML {type(data).__name__}, not a mapping: write 'key: value' lines"
+        )
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
+    return data
 
 
 def read_bytes(path: str, size: int | None = None) -> bytes:
@@ -253,11 +249,28 @@ def read_bytes(path: str, size: int | None = None) -> bytes:
         raise TaskFileError(
             path, f"file is {size:,} bytes; a task file may be at most {MAX_TASK_BYTES:,} bytes (move attachments out)"
         )
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_TASK_BYTES + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = _read_all(fd, size)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_TASK_BYTES:
         raise TaskFileError(path, f"file grew past {MAX_TASK_BYTES:,} bytes while being read")
     return raw
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Up to MAX_TASK_BYTES + 1 bytes of an open file, to its end; `size` is what stat said it holds.
+
+    os.read of what is there, not handle.read(MAX_TASK_BYTES + 1): that allocates the 2 MB first, which cost a
+    small file's read seven times over."""
+    limit = MAX_TASK_BYTES + 1
+    chunks = [os.read(fd, min(size + 1, limit))]
+    total = len(chunks[0])
+    while chunks[-1] and total < limit:  # to the end: the file may have grown since the stat
+        chunks.append(os.read(fd, min(limit - total, 1 << 16)))
+        total += len(chunks[-1])
+    return chunks[0] if len(chunks) == 2 and not chunks[1] else b"".join(chunks)
 
 
 def decode(raw: bytes, path: str) -> str:
@@ -283,9 +296,13 @@ def read_doc(path: str, size: int | None = None) -> TaskDoc:
 def read_doc_raw(path: str) -> tuple[TaskDoc, bytes, int]:
     """(document, the bytes it was parsed from, the inode they were read from) of one task file: what an
     optimistic rewrite compares the file with just before replacing it."""
-    with open(path, "rb") as handle:
-        ino = os.fstat(handle.fileno()).st_ino
-        raw = handle.read(MAX_TASK_BYTES + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        ino = st.st_ino
+        raw = _read_all(fd, st.st_size)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_TASK_BYTES:
         raise TaskFileError(
             path, f"file is over {MAX_TASK_BYTES:,} bytes; a task file may be at most that (move attachments out)"
