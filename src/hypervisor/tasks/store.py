@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
-from ..core.errors import ConcurrentEdit, TaskFileError, TaskNotFound
+from ..core.errors import ConcurrentEdit, TaskNotFound
 from ..core.rules import check_task_id, queue_order
+from .bulkread import inside, read_summary
 from .task import InvalidEntry, TaskSummary, is_invalid, summarize
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class TaskStore:
                         if name.endswith(".md"):
                             st = entry.stat(follow_symlinks=False)
                             if S_ISLNK(st.st_mode):
-                                if self._inside(entry.path):
+                                if inside(entry.path, self.real_root):
                                     continue  # an alias: the file it points at is read in its own place
                                 yield prefix + name, st, True
                             elif not stat.S_ISDIR(st.st_mode):
@@ -199,28 +200,7 @@ class TaskStore:
         self._generation += 1
 
     def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
-        from . import taskfile
-
-        path = os.path.join(self.root, rel)
-        try:
-            if is_link:
-                self._check_inside(path)
-            if not is_link and not stat.S_ISREG(st.st_mode):
-                raise TaskFileError(path, "not a regular file")
-            doc = taskfile.read_doc(path, st.st_size)
-            return summarize(doc.data, path, rel, os.path.basename(rel)[:-3])
-        except TaskFileError as error:
-            return InvalidEntry(error=str(error), path=rel, field=error.field)
-        except OSError as error:
-            return InvalidEntry(error=f"{path}: cannot read: {error.strerror}", path=rel, field=None)
-
-    def _inside(self, path: str) -> bool:
-        return os.path.commonpath([os.path.realpath(path), self.real_root]) == self.real_root
-
-    def _check_inside(self, path: str) -> None:
-        if not self._inside(path):
-            target = os.path.realpath(path)
-            raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
+        return read_summary(self.root, self.real_root, rel, st, is_link)
 
     def save_index(self) -> bool:
         """Persist the index if it changed, so the next process re-reads only what changed since; whether it is
