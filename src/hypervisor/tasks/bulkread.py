@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import stat
 import sys
 
@@ -101,13 +102,17 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> lis
             children.append((child, reader))
         done = {index: _read_chunk(index) for index in _taken(counter, len(chunks))}
         for child, reader in children:
-            try:
-                for index, packed in reader.recv():
-                    start = chunks[index][0]
-                    done[index] = [_unpack(items[start + offset][0], entry) for offset, entry in enumerate(packed)]
-            except (EOFError, OSError):
-                print(f"hypervisor: a process reading task files ended early (exit {child.exitcode})", file=sys.stderr)
+            while True:
+                try:
+                    index, packed = pickle.loads(reader.recv_bytes())
+                except (EOFError, OSError):
+                    break
+                start = chunks[index][0]
+                done[index] = [_unpack(items[start + offset][0], entry) for offset, entry in enumerate(packed)]
             reader.close()
+            child.join()
+            if child.exitcode:
+                print(f"hypervisor: a process reading task files ended early (exit {child.exitcode})", file=sys.stderr)
         results: list[TaskSummary | InvalidEntry] = []
         for index in range(len(chunks)):
             results.extend(done[index] if index in done else _read_chunk(index))
@@ -139,10 +144,14 @@ def _read_chunk(index: int) -> list[TaskSummary | InvalidEntry]:
 
 
 def _child(writer) -> None:
-    """In a forked child: read the chunks it takes and send them back, packed, in one message."""
+    """In a forked child: read the chunks it takes, pickled as each is read, and send them once all are taken (a
+    send now would wait for the parent, which reads only when its own chunks are done)."""
     assert _job is not None
     counter, count = _job[4], len(_job[3])
-    writer.send([(index, [_pack(entry) for entry in _read_chunk(index)]) for index in _taken(counter, count)])
+    blobs = [pickle.dumps((index, [_pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)
+             for index in _taken(counter, count)]  # fmt: skip
+    for blob in blobs:
+        writer.send_bytes(blob)
     writer.close()
 
 
