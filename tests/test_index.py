@@ -21,7 +21,9 @@ from hypervisor.tasks.store import FRESH_FOR, Progress, TaskStore
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     """The real CLI in its own process, as an agent's shell loop runs it."""
-    return subprocess.run([*HYPERVISOR, *args[:1], "--tasks", str(root), *args[1:]], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*HYPERVISOR, *args[:1], "--tasks", str(root), *args[1:]], capture_output=True, text=True, timeout=120
+    )
 
 
 def claimed_id(root: Path, caller: str = "w1") -> str | None:

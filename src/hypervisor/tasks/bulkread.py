@@ -1,27 +1,37 @@
-"""Reading task files into index entries: one file, or many at once for a walk that found them changed."""
+"""Index summaries of task files, one at a time or, for a big build, across processes (fork, on Linux)."""
 
 from __future__ import annotations
 
+import gc
 import os
+import pickle
 import stat
-from collections.abc import Callable
+import sys
 
 from ..core.errors import TaskFileError
-from .task import InvalidEntry, TaskSummary, summarize
+from .task import SUMMARY_FIELDS, InvalidEntry, TaskSummary, summarize
 
-Item = tuple[str, os.stat_result, bool]  # (path relative to the root, its lstat, whether it is a symlink)
+PARALLEL_MIN = 1000  # fewer files are read in-process: on 2 CPUs, children pay from ~500 files (bench/parse.py)
+CHUNK = 500  # files a process takes at a time, at most
+
+Item = tuple[str, os.stat_result, bool]  # (relpath, stat, is_symlink), as TaskStore._walk yields them
+_job: tuple | None = None  # what forked children read: (root, real root, items, chunks, the shared counter)
 
 
-def read_entry(root: str, real_root: str, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
-    """The index entry of one file: its summary, or the report of why the queue cannot use it."""
+def inside(path: str, real_root: str) -> bool:
+    """Whether `path`, symlinks resolved, lies under the real task root."""
+    return os.path.commonpath([os.path.realpath(path), real_root]) == real_root
+
+
+def read_summary(root: str, real_root: str, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
+    """The index entry of the task file `rel` under `root`: its summary, or what makes it unusable."""
     from . import taskfile
 
     path = os.path.join(root, rel)
     try:
-        if is_link:
+        if is_link and not inside(path, real_root):
             target = os.path.realpath(path)
-            if os.path.commonpath([target, real_root]) != real_root:
-                raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
+            raise TaskFileError(path, f"symlink points outside the task root (to {target}); it is not read")
         if not is_link and not stat.S_ISREG(st.st_mode):
             raise TaskFileError(path, "not a regular file")
         doc = taskfile.read_doc(path, st.st_size)
@@ -32,13 +42,129 @@ def read_entry(root: str, real_root: str, rel: str, st: os.stat_result, is_link:
         return InvalidEntry(error=f"{path}: cannot read: {error.strerror}", path=rel, field=None)
 
 
-def read_entries(root: str, items: list[Item], advance: Callable[[int], None]) -> list[TaskSummary | InvalidEntry]:
-    """The entries of `items`, in their order; `advance(n)` is told as they are read."""
+def read_summaries(root: str, items: list[Item], workers: int | None = None) -> list[TaskSummary | InvalidEntry]:
+    """`read_summary` of each item, in order: with `workers` (default: one per CPU) processes, this one and forked
+    children, when there are at least PARALLEL_MIN items; in this process alone otherwise, or if no child starts."""
+    root = os.path.abspath(root)
     real_root = os.path.realpath(root)
-    entries = []
-    for number, (rel, st, is_link) in enumerate(items, 1):
-        entries.append(read_entry(root, real_root, rel, st, is_link))
-        if number % 500 == 0:
-            advance(500)
-    advance(len(items) % 500)
-    return entries
+    workers = _cpus() if workers is None else workers
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of small dicts: collection passes would cost a good share of the build
+    try:
+        if workers > 1 and len(items) >= PARALLEL_MIN and _can_fork():
+            try:
+                return _parallel(root, real_root, items, workers)
+            except (OSError, ImportError) as error:
+                print(f"hypervisor: reading task files in one process ({error})", file=sys.stderr)
+        return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _can_fork() -> bool:
+    import threading
+
+    # A forked child of a threaded process may inherit a lock another thread held; such processes read serially.
+    return sys.platform == "linux" and threading.active_count() == 1
+
+
+def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> list[TaskSummary | InvalidEntry]:
+    """This process and `workers` - 1 forked ones take chunks of the items in turn from a shared counter (so a
+    process the machine starves takes fewer); a child sends its entries at the end; chunks of a child that died
+    are read here."""
+    import multiprocessing
+
+    from . import taskfile  # noqa: F401 - imported once here, not in every child
+
+    global _job
+    context = multiprocessing.get_context("fork")
+    size = max(50, min(CHUNK, len(items) // (workers * 4)))  # a few chunks each, however many items there are
+    chunks = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
+    counter = context.Value("q", 0)
+    children = []
+    _job = (root, real_root, items, chunks, counter)
+    try:
+        for _ in range(workers - 1):
+            reader, writer = context.Pipe(duplex=False)
+            child = context.Process(target=_child, args=(writer,), daemon=True)
+            try:
+                child.start()
+            except OSError as error:  # no more processes: the ones started (or this one alone) do it all
+                print(f"hypervisor: reading task files in fewer processes ({error})", file=sys.stderr)
+                break
+            finally:
+                writer.close()
+            children.append((child, reader))
+        done = {index: _read_chunk(index) for index in _taken(counter, len(chunks))}
+        for child, reader in children:
+            while True:
+                try:
+                    index, packed = pickle.loads(reader.recv_bytes())
+                except (EOFError, OSError):
+                    break
+                start = chunks[index][0]
+                done[index] = [_unpack(items[start + offset][0], entry) for offset, entry in enumerate(packed)]
+            reader.close()
+            child.join()
+            if child.exitcode:
+                print(f"hypervisor: a process reading task files ended early (exit {child.exitcode})", file=sys.stderr)
+        results: list[TaskSummary | InvalidEntry] = []
+        for index in range(len(chunks)):
+            results.extend(done[index] if index in done else _read_chunk(index))
+        return results
+    finally:
+        _job = None
+        for child, _ in children:
+            if child.is_alive():
+                child.kill()
+            child.join()
+
+
+def _taken(counter, count: int):
+    """Chunk indices this process takes from the shared counter until there are none left."""
+    while True:
+        with counter.get_lock():
+            index = counter.value
+            counter.value = index + 1
+        if index >= count:
+            return
+        yield index
+
+
+def _read_chunk(index: int) -> list[TaskSummary | InvalidEntry]:
+    assert _job is not None
+    root, real_root, items, chunks, _ = _job
+    start, stop = chunks[index]
+    return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items[start:stop]]
+
+
+def _child(writer) -> None:
+    """In a forked child: read the chunks it takes, pickled as each is read, and send them once all are taken (a
+    send now would wait for the parent, which reads only when its own chunks are done)."""
+    assert _job is not None
+    counter, count = _job[4], len(_job[3])
+    blobs = [pickle.dumps((index, [_pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)
+             for index in _taken(counter, count)]  # fmt: skip
+    for blob in blobs:
+        writer.send_bytes(blob)
+    writer.close()
+
+
+def _pack(entry: TaskSummary | InvalidEntry) -> tuple:
+    """An entry as a tuple (cheap to pickle): its summary fields in order, or (error, field) for an invalid file."""
+    if "error" in entry:
+        return (entry["error"], entry["field"])
+    return tuple([entry[name] for name in SUMMARY_FIELDS])  # type: ignore[literal-required]
+
+
+def _unpack(rel: str, packed: tuple) -> TaskSummary | InvalidEntry:
+    if len(packed) == 2:
+        return InvalidEntry(error=packed[0], path=rel, field=packed[1])
+    summary = dict(zip(SUMMARY_FIELDS, packed, strict=True))
+    summary["path"] = rel
+    return summary  # type: ignore[return-value]

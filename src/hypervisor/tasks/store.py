@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
-from ..core.errors import ConcurrentEdit, TaskFileError, TaskNotFound
+from ..core.errors import ConcurrentEdit, TaskNotFound
 from ..core.rules import check_task_id, queue_order
 from .index import TaskIndex, make_row
 from .task import InvalidEntry, TaskSummary, summarize
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .taskfile import TaskDoc
 
 
+PROGRESS_STEP = 10_000  # files read between two looks at the clock during a big build
 FRESH_FOR = 10.0  # seconds: a claim picks from an index walked this recently (the task it takes is read fresh)
 WRITE_TRIES = 8  # re-reads of a file a person keeps saving before a rewrite gives up
 
@@ -151,13 +152,17 @@ class TaskStore:
     def _read_rows(self, changed: list[tuple[str, os.stat_result, bool]]) -> list:
         """Index rows for the files of `changed`, read (in parallel when there are many); progress on stderr when
         that takes more than a second."""
-        from .bulkread import read_entries
+        from .bulkread import read_summaries
 
+        entries: list = []
         with Progress(len(changed), self.root) as progress:
-            entries = read_entries(self.root, changed, progress.advance)
+            for start in range(0, len(changed), PROGRESS_STEP):
+                step = changed[start : start + PROGRESS_STEP]
+                entries.extend(read_summaries(self.root, step))
+                progress.advance(len(step))
         return [
             make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), entry)
-            for (rel, st, _), entry in zip(changed, entries)
+            for (rel, st, _), entry in zip(changed, entries, strict=True)
         ]
 
     def note_written(self, doc: TaskDoc) -> None:
@@ -170,11 +175,11 @@ class TaskStore:
         summary = summarize(doc.data, doc.path, rel, os.path.basename(rel)[:-3])
         self.index.apply([make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), summary)])
 
-    def read_entry(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
+    def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
         """The index entry of one file: its summary, or the report of why the queue cannot use it."""
-        from .bulkread import read_entry
+        from .bulkread import read_summary
 
-        return read_entry(self.root, self.real_root, rel, st, is_link)
+        return read_summary(self.root, self.real_root, rel, st, is_link)
 
     def summaries(self, refresh: bool = True) -> tuple[list[TaskSummary], list[InvalidEntry]]:
         """(valid task summaries, invalid-file reports) over the whole root; duplicate ids are invalid."""
@@ -289,7 +294,7 @@ class TaskStore:
         signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         if self.index.signature(rel) == signature:
             return summary
-        entry = self.read_entry(rel, st, stat.S_ISLNK(st.st_mode))
+        entry = self._read_summary(rel, st, stat.S_ISLNK(st.st_mode))
         self.index.apply([make_row(rel, signature, entry)])
         return None if "error" in entry or entry["id"] != task_id else entry
 

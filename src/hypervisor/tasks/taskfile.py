@@ -7,26 +7,39 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from ..core.errors import TaskFileError
 from ..core.limits import quote
+from . import fastyaml
 
 MAX_TASK_BYTES = 2 * 1024 * 1024
 _BOM = "\ufeff"
 _DELIMITER = re.compile(r"^---[ \t]*\r?\n?\Z")
 _CLOSING = re.compile(r"^(---|\.\.\.)[ \t]*\r?\n?\Z")
-
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_yaml_classes: tuple | None = None
 
 
-class TaskLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe loader that keeps dates as the strings the user wrote, so every value is plain JSON."""
+def _classes() -> tuple:
+    """(TaskLoader, TaskDumper), made on first use: PyYAML is imported only for frontmatter fastyaml declines."""
+    global _yaml_classes
+    if _yaml_classes is None:
+        import yaml
+
+        class TaskLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+            """Safe loader that keeps dates as the strings the user wrote, so every value is plain JSON."""
+
+        class TaskDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+            """Safe dumper that writes timestamps unquoted, as a person would type them."""
+
+        TaskLoader.yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
+        TaskDumper.yaml_implicit_resolvers = _without_timestamps(yaml.SafeDumper.yaml_implicit_resolvers)
+        _yaml_classes = (TaskLoader, TaskDumper)
+    return _yaml_classes
 
 
-class TaskDumper(_BaseDumper):  # type: ignore[misc, valid-type]
-    """Safe dumper that writes timestamps unquoted, as a person would type them."""
+def __getattr__(name: str) -> Any:
+    if name in ("TaskLoader", "TaskDumper"):
+        return _classes()[name == "TaskDumper"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _without_timestamps(resolvers: dict) -> dict:
@@ -36,23 +49,24 @@ def _without_timestamps(resolvers: dict) -> dict:
     }
 
 
-TaskLoader.yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
-TaskDumper.yaml_implicit_resolvers = _without_timestamps(yaml.SafeDumper.yaml_implicit_resolvers)
-
-
 def load_yaml(text: str) -> Any:
-    """Parse YAML text with the task loader (C-accelerated where available)."""
-    return yaml.load(text, Loader=TaskLoader)  # noqa: S506 - TaskLoader is a SafeLoader
+    """Parse YAML text with PyYAML's task loader (C-accelerated where available); yaml.YAMLError if invalid."""
+    import yaml
+
+    return yaml.load(text, Loader=_classes()[0])  # noqa: S506 - TaskLoader is a SafeLoader
 
 
 def dump_field(key: str, value: Any) -> str:
     """YAML text for one top-level `key: value` entry, in block style as Obsidian writes it."""
-    return _dump({key: value})
+    text = fastyaml.dump_field(key, value)
+    return _dump({key: value}) if text is None else text
 
 
 def _dump(data: dict) -> str:
+    import yaml
+
     return yaml.dump(
-        data, Dumper=TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
+        data, Dumper=_classes()[1], sort_keys=False, allow_unicode=True, default_flow_style=False, width=2**16
     )
 
 
@@ -150,10 +164,15 @@ class TaskDoc:
 
     def _verify(self) -> None:
         """Fall back to a whole-frontmatter dump if the line edit did not yield exactly `data` (exotic YAML)."""
-        try:
-            reparsed = load_yaml("".join(self.fm_lines)) or {}
-        except yaml.YAMLError:
-            reparsed = None
+        text = "".join(self.fm_lines)
+        reparsed = fastyaml.load(text)
+        if reparsed is None:
+            import yaml
+
+            try:
+                reparsed = load_yaml(text) or {}
+            except yaml.YAMLError:
+                reparsed = None
         if reparsed != self.data:
             self.fm_lines = _lines(_dump(self.data), self.newline)
 
@@ -173,28 +192,16 @@ def parse_text(text: str, path: str) -> TaskDoc:
         raise TaskFileError(path, "no YAML frontmatter: a task file must start with a '---' line")
     newline = "\r\n" if lines[0].endswith("\r\n") else "\n"
     for index in range(1, len(lines)):
-        if _CLOSING.match(lines[index]):
+        if lines[index].startswith(("---", "...")) and _CLOSING.match(lines[index]):
             closing_index = index
             break
     else:
         raise TaskFileError(path, "frontmatter is not closed: add a '---' line after the YAML")
     fm_lines = lines[1:closing_index]
-    try:
-        data = load_yaml("".join(fm_lines))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
+    fm_text = "".join(fm_lines)
+    data = fastyaml.load(fm_text)
     if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise TaskFileError(
-            path, f"frontmatter is a YAML {type(data).__name__}, not a mapping: write 'key: value' lines"
-        )
-    bad_keys = [key for key in data if not isinstance(key, str)]
-    if bad_keys:
-        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
+        data = _load_checked(fm_text, path)
     closing = lines[closing_index]
     if not closing.endswith("\n"):
         closing += newline
@@ -210,6 +217,30 @@ def parse_text(text: str, path: str) -> TaskDoc:
     )
 
 
+def _load_checked(text: str, path: str) -> dict:
+    """The frontmatter mapping PyYAML reads from `text`; TaskFileError saying where and why if it is not valid YAML
+    or not a mapping with string keys."""
+    import yaml
+
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TaskFileError(path, f"frontmatter is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TaskFileError(
+            path, f"frontmatter is a YAML {type(data).__name__}, not a mapping: write 'key: value' lines"
+        )
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise TaskFileError(path, f"frontmatter key {quote(bad_keys[0])} is not a string")
+    return data
+
+
 def read_bytes(path: str, size: int | None = None) -> bytes:
     """The raw bytes of a task file; TaskFileError if it is too large."""
     if size is None:
@@ -218,11 +249,28 @@ def read_bytes(path: str, size: int | None = None) -> bytes:
         raise TaskFileError(
             path, f"file is {size:,} bytes; a task file may be at most {MAX_TASK_BYTES:,} bytes (move attachments out)"
         )
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_TASK_BYTES + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = _read_all(fd, size)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_TASK_BYTES:
         raise TaskFileError(path, f"file grew past {MAX_TASK_BYTES:,} bytes while being read")
     return raw
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Up to MAX_TASK_BYTES + 1 bytes of an open file, to its end; `size` is what stat said it holds.
+
+    os.read of what is there, not handle.read(MAX_TASK_BYTES + 1): that allocates the 2 MB first, which cost a
+    small file's read seven times over."""
+    limit = MAX_TASK_BYTES + 1
+    chunks = [os.read(fd, min(size + 1, limit))]
+    total = len(chunks[0])
+    while chunks[-1] and total < limit:  # to the end: the file may have grown since the stat
+        chunks.append(os.read(fd, min(limit - total, 1 << 16)))
+        total += len(chunks[-1])
+    return chunks[0] if len(chunks) == 2 and not chunks[1] else b"".join(chunks)
 
 
 def decode(raw: bytes, path: str) -> str:
@@ -248,9 +296,13 @@ def read_doc(path: str, size: int | None = None) -> TaskDoc:
 def read_doc_raw(path: str) -> tuple[TaskDoc, bytes, int]:
     """(document, the bytes it was parsed from, the inode they were read from) of one task file: what an
     optimistic rewrite compares the file with just before replacing it."""
-    with open(path, "rb") as handle:
-        ino = os.fstat(handle.fileno()).st_ino
-        raw = handle.read(MAX_TASK_BYTES + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        ino = st.st_ino
+        raw = _read_all(fd, st.st_size)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_TASK_BYTES:
         raise TaskFileError(
             path, f"file is over {MAX_TASK_BYTES:,} bytes; a task file may be at most that (move attachments out)"
