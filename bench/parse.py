@@ -143,11 +143,12 @@ def main() -> None:
     args = parser.parse_args()
     from hypervisor.tasks import bulkread
 
-    cpus = bulkread._cpus()
+    cpus = bulkread.cpus()
     results = [measure(size, args.rounds, cpus) for size in args.sizes]
     small = min(args.sizes)
     steps = threshold(small, max(5, args.rounds), cpus) if cpus > 1 else []
-    lines = [f"read_summaries, {cpus} CPUs, median of {args.rounds} rounds (ratios are of the same run)", "",
+    lines = [f"read_summaries, {cpus} CPUs (idle_cpus() now: {bulkread.idle_cpus()}), median of {args.rounds} rounds "
+             "(ratios are of the same run; load: CPUs other processes used meanwhile)", "",
              f"{'files':>8} {'walk':>7} {'yaml':>8} {'fast':>8} {'fast xN':>8} {'yaml/fast':>10} "
              f"{'serial/xN':>10} {'yaml/xN':>8} {'load':>5}"]  # fmt: skip
     for row in results:

@@ -73,3 +73,10 @@ def test_falls_back_to_one_process_if_a_worker_dies(store, monkeypatch, capsys):
     items = list(store._walk())
     assert bulkread.read_summaries(store.root, items, workers=3) == serial(store, items)
     assert capsys.readouterr().err.count("a process reading task files ended early (exit 3)") == 2
+
+
+@pytest.mark.parametrize(("load", "expected"), [(0.0, 4), (0.9, 4), (1.2, 3), (3.5, 1), (40.0, 1)])
+def test_children_only_for_cpus_other_work_leaves_idle(monkeypatch, load, expected):
+    monkeypatch.setattr(bulkread, "cpus", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert bulkread.idle_cpus() == expected

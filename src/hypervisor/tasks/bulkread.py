@@ -43,11 +43,11 @@ def read_summary(root: str, real_root: str, rel: str, st: os.stat_result, is_lin
 
 
 def read_summaries(root: str, items: list[Item], workers: int | None = None) -> list[TaskSummary | InvalidEntry]:
-    """`read_summary` of each item, in order: with `workers` (default: one per CPU) processes, this one and forked
+    """`read_summary` of each item, in order: with `workers` (default: `idle_cpus()`) processes, this one and forked
     children, when there are at least PARALLEL_MIN items; in this process alone otherwise, or if no child starts."""
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
-    workers = _cpus() if workers is None else workers
+    workers = idle_cpus() if workers is None else workers
     gc_was_enabled = gc.isenabled()
     gc.disable()  # tens of thousands of small dicts: collection passes would cost a good share of the build
     try:
@@ -62,8 +62,21 @@ def read_summaries(root: str, items: list[Item], workers: int | None = None) -> 
             gc.enable()
 
 
-def _cpus() -> int:
+def cpus() -> int:
+    """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def idle_cpus() -> int:
+    """This CPU and the others other work leaves idle (by the 1-minute load average), at least 1.
+
+    Children pay only on a CPU of their own: on 2 busy CPUs (load 1+ besides this process) they cost more than
+    they save (bench/parse.py)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(cpus(), int(cpus() + 1 - load)))
 
 
 def _can_fork() -> bool:
