@@ -37,7 +37,7 @@ def listing(queue: TaskQueue, statuses: Iterable[str] = (), project: str | None 
     wanted = set(statuses)
     items = [
         s
-        for s in queue.ready(project=project, max_age=float("inf"))  # the walk just made
+        for s in queue.ready(project=project, max_age=1.0)  # the walk just made
         if (not wanted or s["status"] in wanted) and (assignee is None or s["assignee"] == assignee)
     ]
     return items, invalid

@@ -63,11 +63,11 @@ class TaskIndex:
     """The index file of one task root. A cache: any file it cannot open, read or write is replaced by a fresh one,
     in memory when the disk cannot take it, and every command still works from the task files themselves."""
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, in_memory: bool = False) -> None:
         self.path = index_path(state)
         self.state = state
         self._db: sqlite3.Connection | None = None
-        self.in_memory = False
+        self.in_memory = in_memory
         self.writes = 0  # commits by this process, with PRAGMA data_version (others' commits) a cache key
 
     # -- the connection -----------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class TaskIndex:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
-        if os.path.isdir(self.state):
+        if not self.in_memory and os.path.isdir(self.state):
             for attempt in (1, 2):
                 try:
                     return self._prepare(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,

@@ -40,8 +40,10 @@ def missing_root_advice(root: str) -> str:
 class TaskStore:
     """Tasks under `root`; state (locks, claims, events, index) under `root/.hypervisor`."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, read_only: bool = False) -> None:
+        """`read_only`: a look that must leave no trace (a dry run): the index is kept in memory, nothing made."""
         self.root = os.path.abspath(root)
+        self.read_only = read_only
         self.real_root = os.path.realpath(self.root)
         self.state = state_dir(self.root)
         self._index: TaskIndex | None = None
@@ -112,10 +114,10 @@ class TaskStore:
     def index(self) -> TaskIndex:
         """The index of this root's files (opened on first use, made with the state folder if need be)."""
         if self._index is None:
-            if os.path.isdir(self.root):
+            if os.path.isdir(self.root) and not self.read_only:
                 with contextlib.suppress(OSError):
                     self.ensure_state()
-            self._index = TaskIndex(self.state)
+            self._index = TaskIndex(self.state, in_memory=self.read_only)
         return self._index
 
     def refresh(self, max_age: float | None = None) -> int:

@@ -52,6 +52,7 @@ class SeedBatch:
         self.rules_path = rules_path or config.triage_rules
         self._rules: TriageRules | None = None
         self._queues: dict[str, TaskQueue] = {}
+        self.looking = False  # a dry run: stores opened read-only
         self.stopped: str | None = None  # why a run stopped early: a file on a full, read-only or failing disk
 
     def rules(self) -> TriageRules:
@@ -61,7 +62,7 @@ class SeedBatch:
 
     def queue(self, root: str) -> TaskQueue:
         if root not in self._queues:
-            self._queues[root] = TaskQueue(TaskStore(root), self.config)
+            self._queues[root] = TaskQueue(TaskStore(root, read_only=self.looking), self.config)
         return self._queues[root]
 
     def check_ids_have_a_root(self, items: list[str]) -> None:
@@ -320,6 +321,7 @@ class SeedBatch:
     # -- the other modes ----------------------------------------------------------------------------------------
     def dry_run(self, items: list[str], limit: int) -> dict:
         """What `run` would do to each line, from the store's own readiness; writes nothing."""
+        self.looking = True
         outcomes, done = [], 0
         for item in items:
             if done >= limit:
