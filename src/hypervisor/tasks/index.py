@@ -217,6 +217,11 @@ class TaskIndex:
     def id_count(self, task_id: str) -> int:
         return self.db.execute("SELECT count(*) FROM files WHERE id = ? AND invalid = 0", (task_id,)).fetchone()[0]
 
+    def duplicated_ids(self) -> set[str]:
+        """Ids held by more than one valid row."""
+        sql = "SELECT id FROM files WHERE invalid = 0 GROUP BY id HAVING count(*) > 1"
+        return {row[0] for row in self.db.execute(sql)}
+
     def statuses(self, task_ids: Iterable[str]) -> dict[str, list[str]]:
         """The statuses indexed for each of `task_ids` (a list: a duplicated id has several)."""
         found: dict[str, list[str]] = {}

@@ -49,6 +49,7 @@ class TaskStore:
         self._index: TaskIndex | None = None
         self._refreshed_at = float("-inf")
         self._summaries: tuple[tuple[int, int], list[TaskSummary], list[InvalidEntry]] | None = None
+        self._duplicated: tuple[tuple[int, int], set[str]] | None = None
 
     # -- state folder -------------------------------------------------------------------------------------------
     def ensure_state(self) -> str:
@@ -231,7 +232,7 @@ class TaskStore:
                assignee: str | None = None) -> list[TaskSummary]:  # fmt: skip
         """Valid tasks with one of `statuses` (any, if none), of `project` and `assignee` if given, in queue order,
         from the index as it is (no walk): what a filtered `list` shows, read without decoding the other rows."""
-        where, params = ["invalid = 0", _UNIQUE_ID], []
+        where, params = ["invalid = 0"], []
         statuses = list(statuses)
         if statuses:
             where.append("status IN (" + ", ".join("?" * len(statuses)) + ")")
@@ -242,17 +243,29 @@ class TaskStore:
         if assignee is not None:
             where.append("assignee = ?")
             params.append(assignee)
-        return self.index.entries(" AND ".join(where), params, order="priority, no_created, created, id")
+        duplicated = self._duplicated_ids()
+        found = self.index.entries(" AND ".join(where), params, order="priority, no_created, created, id")
+        return [entry for entry in found if entry["id"] not in duplicated] if duplicated else found
 
     def invalid(self) -> list[InvalidEntry]:
         """The invalid-file reports (duplicate ids included), by path, from the index as it is."""
         reports = self.index.entries("invalid = 1")
         duplicates: dict[str, list[str]] = {}
-        for entry in self.index.entries(f"invalid = 0 AND NOT {_UNIQUE_ID}"):
-            duplicates.setdefault(entry["id"], []).append(entry["path"])
+        duplicated = sorted(self._duplicated_ids())
+        if duplicated:
+            marks = ", ".join("?" * len(duplicated))
+            for entry in self.index.entries(f"invalid = 0 AND id IN ({marks})", duplicated):
+                duplicates.setdefault(entry["id"], []).append(entry["path"])
         reports.extend(self._duplicate_reports(duplicates))
         reports.sort(key=lambda report: report["path"])
         return reports
+
+    def _duplicated_ids(self) -> set[str]:
+        """Ids more than one valid file holds (none of those files is a usable task), one pass over the id index."""
+        version = self.index.version()
+        if self._duplicated is None or self._duplicated[0] != version:
+            self._duplicated = (version, self.index.duplicated_ids())
+        return self._duplicated[1]
 
     def in_queue_order(self) -> Iterator[TaskSummary]:
         """Tasks that may be claimable (inbox, active, in_progress) in queue order, from the index as it is, read
@@ -426,9 +439,6 @@ def _without_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-_UNIQUE_ID = "id IN (SELECT id FROM files WHERE invalid = 0 GROUP BY id HAVING count(*) = 1)"
 
 
 class Progress:
