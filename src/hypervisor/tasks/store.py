@@ -9,7 +9,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
@@ -17,14 +16,17 @@ from ..core.errors import ConcurrentEdit, TaskFileError, TaskNotFound
 from ..core.rules import check_task_id, queue_order
 from .task import InvalidEntry, TaskSummary, is_invalid, summarize
 
+TYPE_CHECKING = False  # typing costs every CLI call 2 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from .taskfile import TaskDoc
+
+    T = TypeVar("T")
 
 
 INDEX_VERSION = 1
 WRITE_TRIES = 8  # re-reads of a file a person keeps saving before a rewrite gives up
-
-T = TypeVar("T")
 
 
 def missing_root_advice(root: str) -> str:
