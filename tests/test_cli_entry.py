@@ -13,11 +13,13 @@ import pytest
 from click.utils import _make_default_short_help
 from conftest import run_cli, write_task
 
+from hypervisor import __version__
 from hypervisor.frontends import cli_claims, cli_help, cli_run, cli_tasks
 from hypervisor.frontends.cli import cli
 from hypervisor.frontends.cli_entry import COMMANDS, HELP_FILE
 
 CLICK_PATH = [sys.executable, "-m", "hypervisor.frontends.cli"]  # the same CLI, always through click
+CONSOLE_SCRIPT = Path(sys.executable).with_name("hypervisor")
 # Runs `hypervisor ARGS` in this process as the console script does, then writes the modules it loaded.
 PROBE = (
     "import atexit, os, sys\n"
@@ -144,3 +146,11 @@ def test_a_hot_command_in_a_form_it_does_not_take_goes_through_click(tmp_path, r
     done, modules = loaded_by(tmp_path, "show", "a", "-h")
     assert done.returncode == 0 and done.stdout.startswith("Usage: hypervisor show [OPTIONS] ID") and "click" in modules
 
+
+@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason="no `hypervisor` installed beside this interpreter")
+def test_the_installed_command_starts_without_importing_re():
+    done = subprocess.run([sys.executable, "-X", "importtime", str(CONSOLE_SCRIPT), "--version"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert done.stdout == f"hypervisor, version {__version__}\n"
+    assert "hypervisor.frontends.cli_entry" in imported and not {"re", "click"} & imported
