@@ -79,6 +79,7 @@ def test_the_recorded_help_is_what_click_prints_for_the_group():
     with open(HELP_FILE, encoding="utf-8") as handle:
         recorded = handle.read()
     assert recorded == clicks_own, "run `python -m hypervisor.frontends.cli_help` and commit cli_help.txt"
+    assert recorded.isascii()  # so it reaches any stdout as click.echo would write it (which rewraps ASCII ones)
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["-h"]])

@@ -28,11 +28,13 @@ TASKS_ENVVAR = "HYPERVISOR_TASKS"  # --tasks' envvar (cli.tasks_option)
 class Spec:
     """A command's parameters as click declares them: its argument, options taking a value, and required ones."""
 
-    def __init__(self, argument: str, argument_required: bool, options: tuple[str, ...], required=()) -> None:
+    def __init__(
+        self, argument: str, argument_required: bool, options: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> None:
         self.argument = argument
         self.argument_required = argument_required
         self.options = {f"--{name.replace('_', '-')}": name for name in (*options, "tasks", "backend")}
-        self.required = tuple(required)
+        self.required = required
 
 
 TOKEN = ("token", "caller")
