@@ -1,4 +1,4 @@
-"""The `hypervisor` command line: the click group, its shared options and helpers; errors are translated here once.
+"""The `hypervisor` command line in click: the group, its shared options and helpers; errors are printed here once.
 
 The commands live in cli_tasks (reading, setup), cli_claims (claim and the claim's ends) and cli_run (run, status,
 triage, mcp); the group loads only the one a command line names, from the table in cli_entry. What the hot
@@ -33,8 +33,8 @@ class HypervisorGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
-        module, _, name = COMMANDS[cmd_name].target.partition(":")
-        return getattr(importlib.import_module(module, __package__), name)
+        module, attribute = COMMANDS[cmd_name].target.split(":")
+        return getattr(importlib.import_module(module, __package__), attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The commands' list from the table's summaries, as click would make it from each command's help."""
