@@ -1,5 +1,5 @@
 """`python -m hypervisor` runs the CLI."""
 
-from .frontends.cli import main
+from .frontends.cli_entry import main
 
 main()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import socket
 from collections.abc import Iterable, Iterator
 
 from ..core import fsutil, limits, rules
@@ -30,7 +28,7 @@ class TaskQueue(HolderOperations):
     def __init__(self, store: TaskStore, config: Config | None = None, claims: FileClaims | None = None) -> None:
         self.store = store
         self.config = config or Config()
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename  # socket.gethostname() (both read uname(2)) without socket's import
         self.claims = claims or open_claims(resolve_backend(None, self.config.backend), store.state)
 
     # -- claim records ------------------------------------------------------------------------------------------
@@ -191,7 +189,7 @@ class TaskQueue(HolderOperations):
             before = claim.status_before if claim else ("active" if stranded else status)
             new = Claim(
                 task_id=task_id,
-                token=secrets.token_hex(16),
+                token=os.urandom(16).hex(),  # secrets.token_hex(16), without the imports of secrets (8 ms)
                 caller=caller,
                 claimed_at=at,
                 lease_seconds=lease,

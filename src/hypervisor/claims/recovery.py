@@ -13,7 +13,6 @@ saving an old buffer) ends in one of three states, each repaired here:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ..core import rules
 from ..core.errors import ClaimRefused, TaskNotFound, UsageError
@@ -21,6 +20,7 @@ from ..core.timeutil import iso, now
 from ..tasks import worklog
 from . import advice, workers
 
+TYPE_CHECKING = False  # typing costs every CLI call 2 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
     from ..tasks.store import TaskStore
     from ..tasks.task import TaskSummary

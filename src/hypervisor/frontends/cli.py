@@ -1,74 +1,55 @@
-"""The `hypervisor` command line: the click group, its shared options and helpers; errors are translated here once.
+"""The `hypervisor` command line in click: the group, its shared options and helpers; errors are printed here once.
 
 The commands live in cli_tasks (reading, setup), cli_claims (claim and the claim's ends) and cli_run (run, status,
-triage, mcp); each registers itself on `cli` when imported, which this module does at its end.
+triage, mcp); the group loads only the one a command line names, from the table in cli_entry. What the hot
+commands do is in cli_hot, which cli_fast also runs without click.
 
 Exit codes: 0 ok, 1 refused (the text says why), 2 usage error, 3 nothing to claim.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import TYPE_CHECKING, Any
+import functools
+import importlib
+from gettext import gettext as _
+from typing import Any
 
 import click
+from click.utils import _make_default_short_help
 
 from .. import __version__
-from ..claims.backend import open_claims, resolve_backend
-from ..core.config import Config, load_config, resolve_task_root
-from ..core.errors import HypervisorError, storage_error
-
-if TYPE_CHECKING:
-    from ..claims.queue import TaskQueue
-    from ..tasks.store import TaskStore
-
-
-class Context:
-    """What every subcommand needs: settings, the store and the queue, made on first use."""
-
-    def __init__(self, tasks: str | None, backend: str | None = None) -> None:
-        self.tasks_option = tasks
-        self.backend_option = backend
-        self._config: Config | None = None
-        self._queue: TaskQueue | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = load_config()
-        return self._config
-
-    @property
-    def store(self) -> TaskStore:
-        return self.queue.store
-
-    @property
-    def queue(self) -> TaskQueue:
-        if self._queue is None:
-            from ..claims.queue import TaskQueue
-            from ..tasks.store import TaskStore
-
-            root = resolve_task_root(self.tasks_option, self.config)
-            store = TaskStore(root)
-            backend = resolve_backend(self.backend_option, self.config.backend)
-            self._queue = TaskQueue(store, self.config, open_claims(backend, store.state))
-        return self._queue
+from ..core.errors import HypervisorError
+from .cli_context import Context, failure, json_text
+from .cli_entry import COMMANDS
 
 
 class HypervisorGroup(click.Group):
-    """A click group that turns HypervisorError into a one-line message and its exit code."""
+    """A click group that turns HypervisorError into a one-line message and its exit code, and that imports a
+    command's module only when the command is used (click's lazy loading, from the table in cli_entry)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name].target.split(":")
+        return getattr(importlib.import_module(module, __package__), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands' list from the table's summaries, as click would make it from each command's help."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, _make_default_short_help(COMMANDS[name].summary, limit)) for name in self.list_commands(ctx)]
+        with formatter.section(_("Commands")):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except HypervisorError as error:
-            click.echo(f"hypervisor: {error}", err=True)
-            ctx.exit(error.exit_code)
-        except OSError as error:  # a full, read-only or failing disk: one line naming the file, never a traceback
-            problem = storage_error(error)
-            click.echo(f"hypervisor: {problem}", err=True)
-            ctx.exit(problem.exit_code)
+        except (HypervisorError, OSError) as error:
+            message, code = failure(error)
+            click.echo(message, err=True)
+            ctx.exit(code)
 
 
 def tasks_option(func):
@@ -105,8 +86,11 @@ def context_for(tasks: str | None) -> Context:
 
 def emit_json(value: Any) -> None:
     """JSON on stdout: indented for a person at a terminal, compact (and faster) for a program."""
-    indent = 2 if sys.stdout.isatty() else None
-    click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
+    click.echo(json_text(value), nl=False)
+
+
+# What cli_hot's commands print with: click.echo writing the text as it is.
+echo_text = functools.partial(click.echo, nl=False)
 
 
 def print_preflight(result: dict) -> None:
@@ -150,16 +134,12 @@ def cli() -> None:
     """
 
 
-# The commands register themselves on `cli`; importing them here (after `cli` exists) is what adds them.
-from . import cli_claims, cli_run, cli_tasks  # noqa: E402, F401
-
-
 def main() -> None:
-    """Console-script entry point."""
+    """The click command line (cli_entry.main answers what it can without it)."""
     cli(prog_name="hypervisor")
 
 
-if __name__ == "__main__":  # `python -m hypervisor.frontends.cli`: the commands are on the imported module's group
+if __name__ == "__main__":  # `python -m hypervisor.frontends.cli`: the commands use the imported module's helpers
     from hypervisor.frontends.cli import main as imported_main
 
     imported_main()

@@ -1,4 +1,7 @@
-"""The `hypervisor` commands of one claim: claim a task, then renew, release, complete or block it."""
+"""The `hypervisor` commands of one claim: claim a task, then renew, release, complete or block it; and reopen.
+
+Their work is in cli_hot (which cli_fast also runs without click); these are their click declarations.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ from collections.abc import Callable
 
 import click
 
-from ..core.timeutil import parse_duration
-from .cli import Context, cli, context_for, emit_json, json_option, tasks_option, token_option
+from . import cli_hot
+from .cli import context_for, echo_text, emit_json, json_option, tasks_option, token_option
 
 
-@cli.command()
+@click.command()
 @click.argument("task_id", metavar="[ID]", required=False)
 @click.option("--caller", required=True, metavar="C", help="Who is claiming (a worker name).")
 @click.option("--lease", metavar="DURATION", help="Lease length, e.g. 30m (default from settings, else 30m).")
@@ -23,75 +26,57 @@ def claim(task_id, caller, lease, project, tasks, as_json) -> None:
 
     Prints the claim token; renew, release, complete and block need it.
     """
-    ctx = context_for(tasks)
-    lease_seconds = parse_duration(lease, "--lease") if lease else None
-    result = ctx.queue.claim_next(caller, task_id=task_id, project=project, lease_seconds=lease_seconds)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"claimed {result['id']} (attempt {result['attempts']}, lease until {result['lease_expires_at']})")
-        click.echo(f"token: {result['claim_token']}")
+    cli_hot.claim(context_for(tasks), echo_text, as_json, task_id, caller, lease, project)
 
 
 def claimed_task_command(*options: Callable) -> Callable:
-    """Register a command on a claimed task: ID, --token/--caller, `options`, --tasks/--backend, --json.
+    """A click command on a claimed task: ID, --token/--caller, `options`, --tasks/--backend, --json.
 
-    The decorated function gets the Context and the command's values and returns the queue's result and the line
-    to print for it; with --json the result is printed instead.
+    The decorated function holds the command's help; cli_hot's function of the same name does its work.
     """
 
-    def register(func: Callable[..., tuple[dict, str]]) -> click.Command:
+    def declare(func: Callable) -> click.Command:
+        work = getattr(cli_hot, func.__name__)
+
         @functools.wraps(func)
         def command(tasks, as_json, **values) -> None:
-            result, text = func(context_for(tasks), **values)
-            if as_json:
-                emit_json(result)
-            else:
-                click.echo(text)
+            work(context_for(tasks), echo_text, as_json, **values)
 
         for decorate in (json_option, tasks_option, *reversed(options), token_option):
             command = decorate(command)
-        return cli.command()(click.argument("task_id", metavar="ID")(command))
+        return click.command()(click.argument("task_id", metavar="ID")(command))
 
-    return register
+    return declare
 
 
 @claimed_task_command(
     click.option("--lease", metavar="DURATION", help="New lease length from now (default: the claim's own).")
 )
-def renew(ctx: Context, task_id, token, caller, lease) -> tuple[dict, str]:
+def renew() -> None:
     """Extend the lease of your claim on ID."""
-    lease_seconds = parse_duration(lease, "--lease") if lease else None
-    result = ctx.queue.renew(task_id, token=token, caller=caller, lease_seconds=lease_seconds)
-    return result, f"renewed {task_id} until {result['lease_expires_at']}"
 
 
 @claimed_task_command(click.option("--reason", metavar="R", help="Why the task goes back (kept in the event log)."))
-def release(ctx: Context, task_id, token, caller, reason) -> tuple[dict, str]:
+def release() -> None:
     """Give ID back to the queue unfinished (the attempt stays counted)."""
-    result = ctx.queue.release(task_id, token=token, caller=caller, reason=reason)
-    return result, f"released {task_id} (now {result['status']})"
 
 
 @claimed_task_command(
     click.option("--summary", required=True, metavar="S", help="What was done, for the worker log."),
     click.option("--commit", metavar="SHA", help="The commit holding the work."),
 )
-def complete(ctx: Context, task_id, token, caller, summary, commit) -> tuple[dict, str]:
+def complete() -> None:
     """Mark your claimed task ID done and log the summary in its body."""
-    result = ctx.queue.complete(task_id, token=token, caller=caller, summary=summary, commit=commit)
-    return result, f"completed {task_id}"
 
 
 @claimed_task_command(
     click.option("--reason", required=True, metavar="R", help="What stops the task, for a person to act on.")
 )
-def block(ctx: Context, task_id, token, caller, reason) -> tuple[dict, str]:
+def block() -> None:
     """Mark your claimed task ID blocked with a reason."""
-    return ctx.queue.block(task_id, token=token, caller=caller, reason=reason), f"blocked {task_id}"
 
 
-@cli.command()
+@click.command()
 @click.argument("task_id", metavar="ID")
 @click.option("--reason", metavar="R", help="Why it is reopened (goes into its worker log).")
 @click.option(

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.timeutil import parse_duration
-from .cli import batch_ids, cli, context_for, emit_json, json_option, print_preflight, tasks_option
+from .cli import batch_ids, context_for, emit_json, json_option, print_preflight, tasks_option
 
 if TYPE_CHECKING:
     from ..claims.queue import TaskQueue
 
 
-@cli.command()
+@click.command()
 @click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
 @click.option("--project", metavar="P", help="Only this project.")
@@ -57,7 +57,7 @@ AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), 
               "{worker} {attempt} {run_id} {workdir}; run without a shell).")  # fmt: skip
 
 
-@cli.command()
+@click.command()
 @click.option("--workers", "-w", "worker_count", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Worker processes at once (1 to 32).")  # fmt: skip
 @click.option("--agent", default="triage", show_default=True, metavar="AGENT", help=AGENT_HELP)
@@ -160,7 +160,7 @@ def _print_summary(summary: dict, path: str) -> None:
         click.echo(f"summary: {path}")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_id", metavar="[RUN]", required=False)
 @tasks_option
 @json_option
@@ -189,7 +189,7 @@ def status(run_id, tasks, as_json) -> None:
         click.echo(f"  summary: {os.path.join(ctx.store.state, 'runs', view['run_id'], 'summary.json')}")
 
 
-@cli.command()
+@click.command()
 @tasks_option
 def mcp(tasks) -> None:
     """Serve the task_manager MCP server on stdio (how Claude Code and Gemini CLI reach the queue)."""

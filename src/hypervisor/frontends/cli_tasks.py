@@ -8,7 +8,8 @@ import sys
 import click
 
 from ..core.config import load_config
-from .cli import batch_ids, cli, context_for, emit_json, json_option, print_preflight, tasks_option
+from . import cli_hot
+from .cli import batch_ids, context_for, echo_text, emit_json, json_option, print_preflight, tasks_option
 
 
 def _warn_invalid(invalid: list[dict]) -> None:
@@ -19,7 +20,7 @@ def _warn_invalid(invalid: list[dict]) -> None:
         )
 
 
-@cli.command("list")
+@click.command("list")
 @click.option("--status", "statuses", multiple=True, metavar="S", help="Only this status (repeatable).")
 @click.option("--project", metavar="P", help="Only this project.")
 @click.option("--assignee", metavar="A", help="Only this assignee.")
@@ -51,30 +52,16 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
         click.echo(f"{s['id']:<{width}}  P{s['priority']}  {s['status']:<11}  {s['project'] or '-':<14}  {s['title']}")
 
 
-@cli.command()
+@click.command()
 @click.argument("task_id", metavar="ID")
 @tasks_option
 @json_option
 def show(task_id, tasks, as_json) -> None:
     """Show one task: its fields, its claim, and its file."""
-    ctx = context_for(tasks)
-    summary = ctx.store.find(task_id)
-    from ..claims import views
-
-    claim_view = views.claim_view(ctx.queue, task_id)
-    if as_json:
-        fresh, doc = ctx.store.read(summary)
-        emit_json({**fresh, "claim": claim_view, "frontmatter": doc.data, "body": doc.body})
-        return
-    with open(ctx.store.path_of(summary), encoding="utf-8") as handle:
-        click.echo(f"# {ctx.store.path_of(summary)}")
-        if claim_view:
-            state = "live" if claim_view["live"] else "expired"
-            click.echo(f"# claim: {claim_view['caller']} ({state}, lease until {claim_view['lease_expires_at']})")
-        click.echo(handle.read(), nl=False)
+    cli_hot.show(context_for(tasks), echo_text, as_json, task_id)
 
 
-@cli.command()
+@click.command()
 @click.option("--by-project", is_flag=True, help="Add counts per project.")
 @tasks_option
 @json_option
@@ -95,7 +82,7 @@ def stats(by_project, tasks, as_json) -> None:
         click.echo(f"  [{project}] {parts}")
 
 
-@cli.command()
+@click.command()
 @click.option("--ids", multiple=True, metavar="ID", help="Only these tasks (repeatable, or comma-separated).")
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
 @click.option("--project", metavar="P", help="Only this project.")
@@ -114,7 +101,7 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
     print_preflight(result)
 
 
-@cli.command()
+@click.command()
 @tasks_option
 @json_option
 def validate(tasks, as_json) -> None:
@@ -137,7 +124,7 @@ def validate(tasks, as_json) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.option("--tasks", "tasks", metavar="DIR", help="The task root to make (default: tasks: in an existing "
               ".hypervisor.yaml, else ./tasks).")  # fmt: skip
 def init(tasks) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any, NotRequired, TypedDict
 
 from ..core import rules
 from ..core.errors import InvalidTaskId, TaskFileError
@@ -17,32 +16,39 @@ SUMMARY_FIELDS = (
 )  # fmt: skip
 
 
-class TaskSummary(TypedDict):
-    """The store's view of one valid task (what `summarize` returns, the index holds and list/list_tasks print)."""
+TYPE_CHECKING = False  # typing costs every CLI call 2 ms to import; annotations are never evaluated
+if TYPE_CHECKING:
+    from typing import Any, NotRequired, TypedDict
 
-    id: str
-    title: str
-    status: str
-    priority: int
-    project: str | None
-    assignee: str | None
-    depends_on: list[str]
-    tags: list[str]
-    scope: list[str]
-    attempts: int
-    created: str | None
-    modified: str | None
-    path: str  # relative to the task root
+    class TaskSummary(TypedDict):
+        """The store's view of one valid task (what `summarize` returns, the index holds and list/list_tasks
+        print)."""
 
+        id: str
+        title: str
+        status: str
+        priority: int
+        project: str | None
+        assignee: str | None
+        depends_on: list[str]
+        tags: list[str]
+        scope: list[str]
+        attempts: int
+        created: str | None
+        modified: str | None
+        path: str  # relative to the task root
 
-class InvalidEntry(TypedDict):
-    """A file the queue cannot use: what is wrong (`error`), its `path` (relative) and the frontmatter `field` at
-    fault, if one; `duplicate_of` names the id a duplicate shares. Index entries holding an "error" key are these."""
+    class InvalidEntry(TypedDict):
+        """A file the queue cannot use: what is wrong (`error`), its `path` (relative) and the frontmatter `field`
+        at fault, if one; `duplicate_of` names the id a duplicate shares. Index entries holding an "error" key are
+        these."""
 
-    error: str
-    path: str
-    field: str | None
-    duplicate_of: NotRequired[str]
+        error: str
+        path: str
+        field: str | None
+        duplicate_of: NotRequired[str]
+else:  # what a TypedDict is when the program runs
+    TaskSummary = InvalidEntry = dict
 
 
 def is_invalid(entry: TaskSummary | InvalidEntry) -> bool:

@@ -1,0 +1,27 @@
+"""Records `hypervisor --help` into cli_help.txt: `python -m hypervisor.frontends.cli_help` (after changing a command).
+
+cli_entry prints that file for --help without importing click; tests/test_cli_entry.py fails when it differs from
+click's own output for the group.
+"""
+
+from __future__ import annotations
+
+from .cli_entry import HELP_FILE, HELP_WIDTH
+
+
+def click_help() -> str:
+    """The group's --help as click prints it at HELP_WIDTH (a terminal of 80 columns or more, or no terminal)."""
+    from .cli import cli
+
+    with cli.make_context("hypervisor", [], resilient_parsing=True, terminal_width=HELP_WIDTH) as ctx:
+        return ctx.get_help() + "\n"
+
+
+def main() -> None:
+    with open(HELP_FILE, "w", encoding="utf-8") as handle:
+        handle.write(click_help())
+    print(f"wrote {HELP_FILE}")
+
+
+if __name__ == "__main__":
+    main()
