@@ -261,7 +261,6 @@ def prepared_copy(template: str, workdir: str) -> str:
     if ARGS.index:
         store = TaskStore(root)
         store.refresh()
-        store.save_index()
     return root
 
 

@@ -90,7 +90,6 @@ def build_project(parent: str, count: int, extra: int = 0) -> tuple[str, str]:
             f.write(task_text(i, "inbox" if i < count else "done"))
     store = TaskStore(root)
     store.refresh()
-    store.save_index()
     return project, root
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 from collections.abc import Iterable, Iterator
 
@@ -44,7 +43,7 @@ Row = tuple  # the values of one `files` row, in column order
 def index_path(state: str) -> str:
     """The index of the task root whose state folder is `state`, one per host: inode numbers and mtimes differ
     between hosts that mount one folder, and SQLite's locks are unsafe across network file systems."""
-    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()) or "host"
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.uname().nodename) or "host"
     return os.path.join(state, f"index-{host}.sqlite")
 
 
