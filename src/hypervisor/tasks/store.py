@@ -336,9 +336,9 @@ class TaskStore:
             self.ensure_state()  # raises the clear "does not exist" message
         if refresh:
             self.refresh(FRESH_FOR)
-            summary = self.indexed(task_id, check=True)
-            if summary is not None:
-                return summary
+        summary = self.indexed(task_id, check=refresh)
+        if summary is not None:
+            return summary
         valid, invalid = self.summaries(refresh)
         for summary in valid:
             if summary["id"] == task_id:
