@@ -162,3 +162,26 @@ def emit(text: str, report: dict, as_json: bool) -> None:
         print(json.dumps(report, indent=2))
     else:
         print(text)
+
+
+def cached_store(base: str, size: int, version: int, task_text, label: str, subfolders: int) -> str:
+    """The task root `base`/tasks of `size` generated tasks (`task_text(i)` each, over `subfolders` folders), made
+    again only when its marker does not say this `version` and size."""
+    root = os.path.join(base, "tasks")
+    marker = os.path.join(base, "generated.json")  # outside the task root, so no tool walks it
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            if json.load(handle) == {"format": version, "size": size}:
+                return root
+    except (OSError, ValueError):
+        pass
+    print(f"[{label}] generating {size} tasks under {root} ...", file=sys.stderr, flush=True)
+    shutil.rmtree(base, ignore_errors=True)
+    for sub in range(subfolders):
+        os.makedirs(os.path.join(root, f"area-{sub}"))
+    for i in range(size):
+        with open(os.path.join(root, f"area-{i % subfolders}", f"task-{i:06d}.md"), "w", encoding="utf-8") as f:
+            f.write(task_text(i))
+    with open(marker, "w", encoding="utf-8") as handle:
+        json.dump({"format": version, "size": size}, handle)
+    return root

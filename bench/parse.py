@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import shutil
 import statistics
-import sys
 import time
 
-from benchlib import ForeignLoad, emit, source_fingerprint
+from benchlib import ForeignLoad, cached_store, emit, source_fingerprint
 
 CACHE = "/tmp/hypervisor-bench-cache"
 FORMAT = 1  # bump when the generated store's shape changes, so cached stores are regenerated
@@ -47,24 +44,7 @@ def task_text(i: int) -> str:
 def store_for(size: int) -> str:
     """The task root of a generated store of `size` tasks, cached under CACHE/parse-<size>/tasks."""
     base = os.path.join(CACHE, f"parse-{size}")
-    root = os.path.join(base, "tasks")
-    marker = os.path.join(base, "generated.json")  # outside the task root, so no tool walks it
-    try:
-        with open(marker, encoding="utf-8") as handle:
-            if json.load(handle) == {"format": FORMAT, "size": size}:
-                return root
-    except (OSError, ValueError):
-        pass
-    print(f"[parse] generating {size} tasks under {root} ...", file=sys.stderr, flush=True)
-    shutil.rmtree(base, ignore_errors=True)
-    for sub in range(SUBFOLDERS):
-        os.makedirs(os.path.join(root, f"area-{sub}"))
-    for i in range(size):
-        with open(os.path.join(root, f"area-{i % SUBFOLDERS}", f"task-{i:06d}.md"), "w", encoding="utf-8") as f:
-            f.write(task_text(i))
-    with open(marker, "w", encoding="utf-8") as handle:
-        json.dump({"format": FORMAT, "size": size}, handle)
-    return root
+    return cached_store(base, size, FORMAT, task_text, "parse", SUBFOLDERS)
 
 
 def read(root: str, items: list, mode: str, cpus: int) -> tuple[float, list]:
