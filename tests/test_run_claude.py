@@ -153,7 +153,7 @@ def test_run_with_claude_workers_retries_dead_letters_kills_and_counts(claude, t
     assert {t: e["attempts"] for t, e in entries.items()} == {
         t: MAX_ATTEMPTS if t in (CRASH, FLAKY, HANG) else 1 for t in ALL
     }
-    assert summary["counts"] == {"done": len(OK) + 1, "blocked": len(BLOCKED), "dead_letter": 2, "released": 0,
+    assert summary["counts"] == {"done": len(OK) + 1, "triaged": 0, "blocked": len(BLOCKED), "dead_letter": 2, "released": 0,
                                  "lost": 0, "interrupted": 0}  # fmt: skip
     assert summary["status"] == "finished"
 
@@ -170,7 +170,9 @@ def test_run_with_claude_workers_retries_dead_letters_kills_and_counts(claude, t
     assert summary["total_tokens"] == sum(entry["tokens"] for entry in summary["workers"]) > 0
     for task_id, entry in entries.items():
         assert entry["tokens"] > 0, (task_id, entry)
-        assert len(entry["logs"]) == entry["attempts"] and all(os.path.isfile(log) for log in entry["logs"])
+        assert len(entry["logs"]) == entry["workers_started"] == entry["attempts"] and all(
+            os.path.isfile(log) for log in entry["logs"]
+        )
 
     # The task files: the state each script implies.
     docs = {task_id: taskfile.read_doc(str(tasks / f"{task_id}.md")).data for task_id in ALL}

@@ -21,7 +21,7 @@ from hypervisor.supervisor.runs import load_run, summary_schema
 from hypervisor.tasks.store import TaskStore
 from hypervisor.tasks.taskfile import read_doc
 
-AGENT = "/fake/agent"  # a path: the command agent's PATH check is skipped, and pytest-subprocess answers for it
+AGENT = "/bin/true"  # a path that passes the agent check (it exists, executable); pytest-subprocess answers for it
 
 
 def make_queue(root: Path, max_attempts: int = 3):
@@ -200,16 +200,57 @@ def test_a_worker_that_blocks_its_task_is_reported_blocked_with_its_reason(fp, r
 
 
 def test_exec_failure_at_start(root, tmp_path):
+    """An agent that passes the check but cannot be executed (an executable file with no #! line) releases its
+    claim, uncounted."""
     write_task(root, "a")
+    agent = tmp_path / "no-interpreter"
+    agent.write_text("echo this file names no interpreter\n")
+    agent.chmod(0o755)
     queue = make_queue(root)
-    supervisor = supervise(queue, project_dir=str(tmp_path), agent="/nonexistent/agent-binary {task_id}")
+    supervisor = supervise(queue, project_dir=str(tmp_path), agent=f"{agent} {{task_id}}")
     summary = supervisor.run()
     [entry] = summary["workers"]
     assert entry["status"] == "released"
-    assert "could not start the worker" in entry["reason"] and "/nonexistent/agent-binary" in entry["reason"]
+    assert "could not start the worker" in entry["reason"] and str(agent) in entry["reason"]
+    assert entry["attempts"] == 0 and entry["workers_started"] == 1
     data = status_of(root, "a")
     assert data["status"] == "inbox" and data.get("attempts", 0) == 0
     assert queue.read_claim("a") is None
+
+
+@pytest.mark.parametrize(
+    ("make", "template", "needles"),
+    [
+        (None, "./does-not-exist.sh {task_id}", ["'./does-not-exist.sh'", "does not exist", "does-not-exist.sh)"]),
+        (None, "/nonexistent/agent-binary {task_id}", ["'/nonexistent/agent-binary' does not exist"]),
+        ("plain", "./plain.sh {task_id}", ["is not executable", "chmod +x", "--agent 'sh ./plain.sh {task_id}'"]),
+        ("folder", "./folder {task_id}", ["is a folder"]),
+        ("script", "./script.sh {task_id} {bogus} {Attempt}",
+         ["unknown placeholder(s) {Attempt}, {bogus}", "allowed: {task_id} {token} {task_file} {worker} {attempt} "
+          "{run_id} {workdir}"]),
+    ],
+)  # fmt: skip
+def test_an_agent_that_cannot_start_is_refused_before_a_claim(root, tmp_path, make, template, needles):
+    write_task(root, "a")
+    if make == "plain":
+        (tmp_path / "plain.sh").write_text("#!/bin/sh\n")
+    elif make == "folder":
+        (tmp_path / "folder").mkdir()
+    (tmp_path / "script.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "script.sh").chmod(0o755)
+    queue = make_queue(root)
+    with pytest.raises(UsageError) as refused:
+        supervise(queue, project_dir=str(tmp_path), agent=template).run()
+    for needle in needles:
+        assert needle in str(refused.value), str(refused.value)
+    assert queue.read_claim("a") is None and "status" not in status_of(root, "a")
+
+
+def test_literal_braces_are_not_placeholders(root, tmp_path):
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    supervise(make_queue(root), project_dir=str(tmp_path), agent=f"{script} '{{\"a\": 1}}' {{ }} {{task_id}}").prepare()
 
 
 def test_preflight_skips_are_reported_and_a_dependency_finished_in_the_run_unblocks(fp, root, tmp_path):

@@ -314,8 +314,23 @@ def test_the_readme_quick_start_demo_runs_the_supervisor_over_the_examples():
     validate_summary(summary)
     assert summary["status"] == "finished" and summary["agent"] == "triage"
     statuses = [entry["status"] for entry in summary["workers"]]
-    assert statuses.count("done") == 2 and statuses.count("released") == 26  # 2 closed, 26 triaged
-    assert all("triaged: assignee=" in e["reason"] for e in summary["workers"] if e["status"] == "released")
+    assert statuses.count("done") == 2 and statuses.count("triaged") == 26  # 2 closed, 26 triaged
+    assert all(e["reason"].startswith("assignee=") for e in summary["workers"] if e["status"] == "triaged")
+    assert summary["counts"] == {"done": 2, "triaged": 26, "blocked": 0, "released": 0, "dead_letter": 0, "lost": 0,
+                                 "interrupted": 0}  # fmt: skip
+    # attempts as each task's file says (triage's claims do not count); the run started one worker on each
+    tasks = Path(summary["task_root"])
+    for entry in summary["workers"]:
+        path = next(tasks.rglob(f"{entry['task_id']}.md"))
+        assert entry["attempts"] == (read_doc(str(path)).data.get("attempts") or 0) == 0, entry
+        assert entry["workers_started"] == 1
+    # the header counts what runs now and what waits; the end line and the printed summary give one runtime
+    assert "28 task(s) ready, 6 waiting on dependencies" in result.stderr, result.stderr[:2000]
+    assert " released " not in result.stderr and "released 26" not in result.stdout
+    ends = [line.split(" ", 1)[1] for line in result.stderr.splitlines() if line.endswith(" tokens")]
+    ends += [line for line in result.stdout.splitlines() if line.startswith(f"run {summary['run_id']} ")]
+    assert len(ends) == 2 and ends[0] == ends[1], ends
+    assert f"in {summary['runtime_seconds']:.1f}s: done 2, triaged 26;" in ends[0]
     assert summary["skipped_preflight"]["done"] and summary["skipped_preflight"]["blocked_deps"]
     assert len(summary["skipped_preflight"]["invalid"]) == 4  # examples/tasks/malformed/, on purpose
     assert "4 task file(s) are invalid" in result.stdout + result.stderr
@@ -338,3 +353,67 @@ def test_a_missing_cli_or_extension_is_named_with_the_fix(root, tmp_path, agent,
     if "extension" in message:
         assert "gemini extensions link" in result.stderr and "--consent" in result.stderr
     assert "status" not in data(root, "a")
+
+
+@pytest.mark.parametrize(
+    ("agent", "needles"),
+    [
+        ("./does-not-exist.sh {{task_id}}", ["'./does-not-exist.sh'", "does not exist", "give the path of an executable"]),
+        ("{exe} {{task_id}} {{bogus}}", ["unknown placeholder(s) {bogus}", "allowed: {task_id} {token} {task_file}"]),
+        ("{plain} {{task_id}}", ["is not executable", "chmod +x"]),
+    ],
+)  # fmt: skip
+def test_run_refuses_an_agent_path_or_placeholder_before_claiming(root, tmp_path, agent, needles):
+    """Before: the task was claimed, then "released after 0s: could not start the worker", exit 0."""
+    write_task(root, "a")
+    plain = tmp_path / "plain.sh"
+    plain.write_text("#!/bin/sh\n")
+    result = run_cli("run", "--tasks", str(root), "--agent", agent.format(exe=sys.executable, plain=plain),
+                     cwd=root.parent)  # fmt: skip
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+    assert "status" not in data(root, "a") and not (root / ".hypervisor" / "runs").exists()
+    assert not (root / ".hypervisor" / "claims").exists() or not list((root / ".hypervisor" / "claims").iterdir())
+
+
+def test_dry_run_shows_the_first_workers_command_and_environment_and_the_invalid_files(root):
+    write_task(root, "first", priority=0, attempts=2, script="complete")
+    write_task(root, "second", priority=1)
+    (root / "broken.md").write_text("---\nstatus: [not, a, status\n---\n")
+    text = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED + " {task_id} {attempt}", "--dry-run",
+                   cwd=root.parent, check=0).stdout  # fmt: skip
+    assert "ready: 2" in text
+    assert f"1 task file(s) are invalid and were left out: `hypervisor validate --tasks {root}` says why" in text
+    assert "on first (attempt 3)" in text, text
+    assert f"  command: {sys.executable} {WORKER} task first 3\n" in text, text
+    assert "    HYPERVISOR_WORKER=1\n" in text and "    HYPERVISOR_TASK_ID=first\n" in text
+    assert "    HYPERVISOR_CLAIM_TOKEN=<claim-token>\n" in text and f"    HYPERVISOR_TASKS={root}\n" in text
+    assert "HYPERVISOR_WORKER_NAME=w1-" in text and "HYPERVISOR_RUN_ID=" in text
+    assert "would start 2 of 4 worker(s)" in text and "nothing was claimed" in text
+    report = json.loads(run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--dry-run", "--json",
+                                cwd=root.parent, check=0).stdout)  # fmt: skip
+    first = report["first_worker"]
+    assert first["task_id"] == "first" and first["attempt"] == 3 and first["argv"][-1] == "task"
+    assert first["env"]["HYPERVISOR_CLAIM_TOKEN"] == first["env"]["HYPERVISOR_CLAIM"] == "<claim-token>"
+    assert report["invalid"] == ["broken.md"] and report["would_start"] == 2
+    assert "status" not in data(root, "first") and data(root, "first")["attempts"] == 2
+    assert not (root / ".hypervisor" / "claims").exists() or not list((root / ".hypervisor" / "claims").iterdir())
+
+
+def test_attempts_are_the_tasks_own_count_in_progress_summary_and_status(root):
+    """Before: `attempt 1` in progress where the file said 2, `dead_letter (2 attempt(s))` beside max_attempts 3."""
+    write_task(root, "crashy", attempts=1, script="crash")
+    result = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED, "--workers", "1", cwd=root.parent, check=1)
+    assert "crashy started (attempt 2 of 3," in result.stderr and "crashy started (attempt 3 of 3," in result.stderr
+    assert "crashy retry after " in result.stderr and "(attempts: 2 of 3)" in result.stderr
+    assert (
+        "crashy dead_letter after " in result.stderr and "(attempts: 3 of 3): max_attempts: 3 attempts" in result.stderr
+    )
+    assert data(root, "crashy")["attempts"] == 3
+    summary = json.loads(Path(result.stdout.strip().splitlines()[-1].split(": ", 1)[1]).read_text())
+    [entry] = summary["workers"]
+    assert entry["attempts"] == 3 and entry["workers_started"] == 2 and summary["max_attempts"] == 3
+    assert "crashy: dead_letter (attempts: 3 of 3, " in result.stdout
+    status = run_cli("status", "--tasks", str(root), check=0).stdout
+    assert "dead_letter  crashy (attempts: 3 of 3): max_attempts: 3 attempts" in status, status

@@ -19,6 +19,9 @@ DEFAULT_PRIORITY = 2
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 30 * 60
 DEAD_LETTER_REASON = "max_attempts"
+# The built-in triage releases an open task it triaged with the reason `triaged: <what it set>`; a run reports it
+# as `triaged`, not as a worker that gave its task back.
+TRIAGED_REASON = "triaged"
 
 # The id rule as a regular expression (for the JSON Schema) and as the character sets `is_task_id` checks; the
 # hooks avoid importing `re`. Tests hold the two to each other. The pattern ends in `(?![\s\S])`, "no character

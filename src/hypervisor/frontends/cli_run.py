@@ -117,11 +117,19 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
         supervisor = Supervisor(ctx.queue, options)
         supervisor.prepare()
         report = supervisor.preflight()
+        supervisor.invalid = supervisor.invalid_files()
+        first = supervisor.first_worker(report)
+        would_start = min(len(report["ready"]), worker_count)
         if as_json:
-            emit_json(report)
+            emit_json({**report, "invalid": supervisor.invalid, "first_worker": first, "would_start": would_start,
+                       "agent": supervisor.agent.name})  # fmt: skip
         else:
             print_preflight(report)
-            click.echo(f"would start {min(len(report['ready']), worker_count)} of {worker_count} worker(s) "
+            if supervisor.invalid:
+                click.echo(supervisor.invalid_note())
+            if first is not None:
+                _print_first_worker(first)
+            click.echo(f"would start {would_start} of {worker_count} worker(s) "
                        f"with agent {supervisor.agent.name}; nothing was claimed")  # fmt: skip
         return
     supervisor = Supervisor(ctx.queue, options, progress_for())
@@ -141,21 +149,29 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
     sys.exit(exit_code(summary))
 
 
+def _print_first_worker(first: dict) -> None:
+    import shlex
+
+    click.echo(f"first worker: {first['worker']} on {first['task_id']} (attempt {first['attempt']}), in "
+               f"{first['workdir']}")  # fmt: skip
+    click.echo(f"  command: {shlex.join(first['argv'])}")
+    click.echo("  environment (added to the supervisor's; each claim makes its own token):")
+    for name, value in first["env"].items():
+        click.echo(f"    {name}={value}")
+
+
 def _print_summary(summary: dict, path: str) -> None:
+    from ..supervisor.runs import attempts_text, duration_text, run_line
+
     for entry in summary["workers"]:
         text = entry.get("outcome") or entry.get("reason") or ""
         extra = f" [{entry['branch']} {entry['commit'][:12]}]" if entry.get("branch") and entry.get("commit") else ""
-        click.echo(f"{entry['task_id']}: {entry['status']} ({entry['attempts']} attempt(s), "
-                   f"{entry['duration_s']:.1f}s, {entry['tokens']} tokens){extra}: {text}")  # fmt: skip
+        click.echo(f"{entry['task_id']}: {entry['status']} ({attempts_text(entry['attempts'], summary.get('max_attempts'))}, "
+                   f"{duration_text(entry['duration_s'])}, {entry['tokens']} tokens){extra}: {text}")  # fmt: skip
     skipped = {k: len(v) for k, v in summary["skipped_preflight"].items() if v}
     if skipped:
         click.echo("skipped at preflight: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
-    counts = summary["counts"]
-    click.echo(
-        f"run {summary['run_id']} {summary['status']} in {summary['runtime_seconds']:.1f}s: "
-        + (", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no task was started")
-        + f"; {summary['total_tokens']} tokens"
-    )
+    click.echo(run_line(summary))
     if os.path.exists(path):
         click.echo(f"summary: {path}")
 
@@ -167,7 +183,7 @@ def _print_summary(summary: dict, path: str) -> None:
 def status(run_id, tasks, as_json) -> None:
     """Show a run's state from disk (the latest run unless RUN, or a prefix of it, is given), also while it runs."""
     from ..core.timeutil import humanize, now, parse_iso
-    from ..supervisor.runs import load_run
+    from ..supervisor.runs import attempts_text, counts_text, load_run
 
     ctx = context_for(tasks)
     view = load_run(ctx.store.state, run_id)
@@ -177,14 +193,16 @@ def status(run_id, tasks, as_json) -> None:
     elapsed = now() - parse_iso(view["started_at"])
     click.echo(f"run {view['run_id']}: {view['status']} · agent {view['agent']} · {view['workers']} worker(s) · "
                f"started {view['started_at']} ({humanize(elapsed)} ago)")  # fmt: skip
-    counts = view.get("counts", {})
-    click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo("  " + counts_text(view.get("counts", {})))
+    limit = view.get("max_attempts")
     for attempt in view.get("running", []):
         age = humanize(now() - parse_iso(attempt["started_at"]))
-        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}, {age})")
+        of = f" of {limit}" if limit else ""
+        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}{of}, {age})")
     for entry in view.get("tasks", []):
         if entry["status"] != "running":
-            click.echo(f"  {entry['status']:<12} {entry['task_id']}: {entry.get('outcome') or entry.get('reason')}")
+            click.echo(f"  {entry['status']:<12} {entry['task_id']} ({attempts_text(entry['attempts'], limit)}): "
+                       f"{entry.get('outcome') or entry.get('reason')}")  # fmt: skip
     if "summary" in view:
         click.echo(f"  summary: {os.path.join(ctx.store.state, 'runs', view['run_id'], 'summary.json')}")
 

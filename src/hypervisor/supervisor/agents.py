@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -13,6 +14,7 @@ from ..core.errors import UsageError
 
 NAMED = ("triage", "claude", "gemini")
 PLACEHOLDERS = ("task_id", "token", "task_file", "worker", "attempt", "run_id", "workdir")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {name}; other braces (JSON, shell) are literal
 
 
 class Job:
@@ -36,8 +38,9 @@ class Agent:
 
     name = "agent"
 
-    def check(self) -> None:
-        """Raise UsageError if this agent cannot run on this machine (before anything is claimed)."""
+    def check(self, workdir: str | None = None) -> None:
+        """Raise UsageError if this agent cannot run on this machine (before anything is claimed); `workdir` is
+        where its workers start."""
 
     def argv(self, job: Job) -> list[str]:
         raise NotImplementedError
@@ -80,7 +83,7 @@ class ClaudeAgent(CliAgent):
     name = binary = "claude"
     product, package, env_var = "Claude Code", "@anthropic-ai/claude-code", "HYPERVISOR_CLAUDE"
 
-    def check(self) -> None:
+    def check(self, workdir: str | None = None) -> None:
         self.check_binary()
         self.root = plugin_root()
         self.prompt = read_prompt(self.root, "worker.md")
@@ -97,7 +100,7 @@ class GeminiAgent(CliAgent):
     name = binary = "gemini"
     product, package, env_var = "Gemini CLI", "@google/gemini-cli", "HYPERVISOR_GEMINI"
 
-    def check(self) -> None:
+    def check(self, workdir: str | None = None) -> None:
         self.check_binary()
         root = gemini_extension_root()
         self.prompt = read_prompt(root, "gemini-task-worker.md")
@@ -123,11 +126,38 @@ class CommandAgent(Agent):
             raise UsageError("--agent: give triage, claude, gemini, or a command such as './work.sh {task_id}'")
         self.name = template
 
-    def check(self) -> None:
+    def check(self, workdir: str | None = None) -> None:
+        """Refuse, before anything is claimed, a template with an unknown placeholder and a command that cannot
+        start: a name not on PATH, or a path (relative to `workdir`, where workers start) that is missing, a
+        folder, or not executable."""
+        unknown = sorted({name for arg in self.template for name in PLACEHOLDER.findall(arg)} - set(PLACEHOLDERS))
+        if unknown:
+            raise UsageError(f"--agent {self.name!r}: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
+                             f"allowed: {self.allowed()}")  # fmt: skip
         exe = self.template[0]
-        if os.sep not in exe and "{" not in exe and shutil.which(exe) is None:
-            raise UsageError(f"--agent {self.name!r}: the command {exe!r} was not found on PATH; allowed: "
-                             f"{', '.join(NAMED)}, or a command template using {{{'}, {'.join(PLACEHOLDERS)}}}")  # fmt: skip
+        if PLACEHOLDER.search(exe):
+            return  # the program itself comes from the task (e.g. {task_file}): only known when it starts
+        if os.sep not in exe:
+            if shutil.which(exe) is None:
+                raise UsageError(f"--agent {self.name!r}: the command {exe!r} was not found on PATH; install it, give "
+                                 f"its path (such as ./{exe}), or use one of {', '.join(NAMED)}")  # fmt: skip
+            return
+        path = os.path.join(workdir or os.getcwd(), os.path.expanduser(exe))
+        shown = f"{exe!r}" + ("" if os.path.isabs(exe) else f" ({os.path.normpath(path)})")
+        if not os.path.exists(path):
+            raise UsageError(f"--agent {self.name!r}: the program {shown} does not exist; give the path of an "
+                             f"executable file (a relative path starts from {workdir or os.getcwd()}, where workers "
+                             "start), or a command on PATH")  # fmt: skip
+        if os.path.isdir(path):
+            raise UsageError(f"--agent {self.name!r}: the program {shown} is a folder, not an executable file")
+        if not os.access(path, os.X_OK):
+            raise UsageError(f"--agent {self.name!r}: the program {shown} is not executable: run `chmod +x "
+                             f"{os.path.normpath(path)}`, or start it through its interpreter, such as "
+                             f"--agent 'sh {exe} {{task_id}}'")  # fmt: skip
+
+    @staticmethod
+    def allowed() -> str:
+        return " ".join("{" + name + "}" for name in PLACEHOLDERS)
 
     def argv(self, job: Job) -> list[str]:
         values = {name: str(getattr(job, name)) for name in PLACEHOLDERS}

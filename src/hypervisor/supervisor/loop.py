@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue as queue_module
+import shlex
 import signal
 import socket
 import threading
@@ -18,11 +19,11 @@ from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
 from .options import RunOptions
 from .processes import Attempt, install_interrupt_handler, send_signal, spawn
-from .runs import RunFolder, TaskEntry, new_run_id, skipped_preflight
+from .runs import FAILED, OUTCOMES, RunFolder, TaskEntry, new_run_id, skipped_preflight
 from .settling import Settling
 
 RENEW_EVERY_MAX = 60.0
-FAILED = ("dead_letter", "lost", "interrupted")
+REDACTED_TOKEN = "<claim-token>"  # what --dry-run shows for the token each claim makes
 
 
 class NullProgress:
@@ -80,7 +81,7 @@ class Supervisor(Settling):
         if self._prepared:
             return
         self._prepared = True
-        self.agent.check()
+        self.agent.check(self.options.project_dir)
         if self.options.isolation == "worktree":
             from .worktrees import Worktrees
 
@@ -93,10 +94,9 @@ class Supervisor(Settling):
         self.prepare()
         self.queue.store.ensure_state()
         report = self.preflight_report = report or self.preflight()
-        self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
+        self.invalid = self.invalid_files()
         if self.invalid:
-            self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "
-                               "(`hypervisor validate` says why)")  # fmt: skip
+            self.progress.note(self.invalid_note())
         waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
         self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
         self.folder.create()
@@ -190,7 +190,7 @@ class Supervisor(Settling):
     def _start(self, slot: int, worker: str, claim: dict) -> None:
         task_id = claim["id"]
         entry = self.entries.setdefault(task_id, TaskEntry(task_id, claim.get("title") or task_id))
-        entry.attempts += 1
+        entry.attempts = claim.get("attempts") or entry.attempts + 1  # the count the claim wrote into the file
         entry.worker = worker
         entry.status = "running"
         log = self.folder.log_path(task_id, entry.attempts)
@@ -228,17 +228,7 @@ class Supervisor(Settling):
                   attempt.number, self.max_attempts, self.run_id, attempt.workdir)  # fmt: skip
         argv = self.agent.argv(job)
         env = dict(os.environ)
-        env.update(self.agent.env())
-        env.update({
-            workers.ENV_WORKER: "1",
-            workers.ENV_TASK_ID: attempt.task_id,
-            workers.ENV_CLAIM_TOKEN: attempt.token,
-            workers.ENV_CLAIM: attempt.token,  # for MCP servers under Gemini CLI
-            "HYPERVISOR_TASKS": self.queue.store.root,
-            ENV_BACKEND: self.queue.claims.spec,
-            "HYPERVISOR_RUN_ID": self.run_id,
-            "HYPERVISOR_WORKER_NAME": attempt.worker,
-        })  # fmt: skip
+        env.update(self.worker_env(job))
         header = (f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
                   f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n")  # fmt: skip
         spawn(attempt, argv, env, header)
@@ -246,6 +236,43 @@ class Supervisor(Settling):
         attempt.deadline = attempt.started + self.options.timeout
         attempt.next_renewal = attempt.started + self.renew_every
         threading.Thread(target=self._await_exit, args=(attempt,), name=f"wait-{attempt.worker}", daemon=True).start()
+
+    def worker_env(self, job: Job) -> dict[str, str]:
+        """What a worker's environment adds to the supervisor's: the agent's own, then the claim variables."""
+        env = dict(self.agent.env())
+        env.update({
+            workers.ENV_WORKER: "1",
+            workers.ENV_TASK_ID: job.task_id,
+            workers.ENV_CLAIM_TOKEN: job.token,
+            workers.ENV_CLAIM: job.token,  # for MCP servers under Gemini CLI
+            "HYPERVISOR_TASKS": self.queue.store.root,
+            ENV_BACKEND: self.queue.claims.spec,
+            "HYPERVISOR_RUN_ID": self.run_id,
+            "HYPERVISOR_WORKER_NAME": job.worker,
+        })  # fmt: skip
+        return env
+
+    def first_worker(self, report: dict) -> dict | None:
+        """What the first worker of a run would be started with (for --dry-run): its task, command, folder and
+        environment (beyond the supervisor's own), the claim token redacted: nothing is claimed. None if no task
+        is ready."""
+        if not report["ready"]:
+            return None
+        summary = self.queue.store.find(report["ready"][0], refresh=False)
+        worker = f"w1-{self._suffix}"
+        job = Job(summary["id"], summary["title"] or summary["id"], os.path.join(self.queue.store.root, summary["path"]),
+                  REDACTED_TOKEN, worker, summary["attempts"] + 1, self.max_attempts, self.run_id,
+                  self.options.project_dir)  # fmt: skip
+        return {"task_id": job.task_id, "worker": worker, "attempt": job.attempt, "argv": self.agent.argv(job),
+                "workdir": job.workdir, "env": self.worker_env(job)}  # fmt: skip
+
+    def invalid_files(self) -> list[str]:
+        """The task files under the root that cannot be read as tasks (paths): every run leaves them out."""
+        return [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
+
+    def invalid_note(self) -> str:
+        return (f"{len(self.invalid)} task file(s) are invalid and were left out: `hypervisor validate --tasks "
+                f"{shlex.quote(self.queue.store.root)}` says why")  # fmt: skip
 
     def _await_exit(self, attempt: Attempt) -> None:
         try:
@@ -318,14 +345,19 @@ class Supervisor(Settling):
         self.draining = True
 
     # -- state on disk ------------------------------------------------------------------------------------------
-    def counts(self) -> dict:
-        counts = {name: 0 for name in ("done", "blocked", "dead_letter", "released", "lost", "interrupted")}
+    def counts(self, final: bool = False) -> dict:
+        """Tasks by outcome (runs.OUTCOMES), then `running` and `pending` (of the batch, not started yet); once
+        the run is over (`final`), those never started are `not_started` (they waited on dependencies that did
+        not finish, or the run was drained)."""
+        counts = {name: 0 for name in OUTCOMES}
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
-        counts["running"] = len(self.running)
-        counts["pending"] = len(
-            self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
-        )
+        waiting = len(self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()})
+        if final:
+            counts["not_started"] = waiting
+        else:
+            counts["running"] = len(self.running)
+            counts["pending"] = waiting
         return counts
 
     def _write_state(self, status: str, required: bool = False) -> None:
@@ -350,7 +382,8 @@ class Supervisor(Settling):
             "isolation": self.options.isolation,
             "task_root": self.queue.store.root,
             "timeout_s": self.options.timeout,
-            "counts": self.counts(),
+            "max_attempts": self.max_attempts,
+            "counts": self.counts(final=status != "running"),
             "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
             "tasks": [entry.to_json() for entry in self.entries.values()],
             **({"error": self.error} if self.error else {}),
@@ -368,7 +401,8 @@ class Supervisor(Settling):
             "agent": self.agent.name,
             "isolation": self.options.isolation,
             "task_root": self.queue.store.root,
-            "counts": {k: v for k, v in self.counts().items() if k not in ("running", "pending")},
+            "max_attempts": self.max_attempts,
+            "counts": {k: v for k, v in self.counts(final=True).items() if k != "not_started"},
             "workers": [entry.to_json() for entry in self.entries.values()],
             "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,

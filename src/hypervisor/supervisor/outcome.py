@@ -31,6 +31,9 @@ def decide(status: str, data: dict, claim: Claim | None, token: str,
         return "lost", f"the claim was taken over by {claim.caller} (the lease expired)", None
     if rules.is_status_claimable(status):
         reason = last_text(found, "released", "reason")
+        head, _, detail = (reason or "").partition(":")
+        if head == rules.TRIAGED_REASON and detail.strip():  # the built-in triage's verdict, not a give-up
+            return "triaged", detail.strip(), None
         return "released", f"released by the worker: {reason}" if reason else "released by the worker", None
     return "lost", f"the task is {status} with no claim: changed outside this run", None
 

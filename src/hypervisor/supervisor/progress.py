@@ -8,25 +8,21 @@ import time
 from ..core.timeutil import humanize
 from .loop import NullProgress, Supervisor
 from .processes import Attempt
-from .runs import TaskEntry
+from .runs import TaskEntry, attempts_text, counts_text, duration_text, run_line
 
 
 def _elapsed(attempt: Attempt) -> str:
     return humanize(time.monotonic() - attempt.started)
 
 
-def _counts_line(counts: dict) -> str:
-    failed = counts["dead_letter"] + counts["lost"] + counts["interrupted"]
-    parts = [f"done {counts['done']}", f"blocked {counts['blocked']}", f"failed {failed}",
-             f"released {counts['released']}"]  # fmt: skip
-    parts += [f"{name} {counts[name]}" for name in ("running", "pending") if name in counts]
-    return " · ".join(parts)
-
-
-def _finished_text(attempt: Attempt, entry: TaskEntry, retry: bool) -> str:
+def _finished_text(attempt: Attempt, entry: TaskEntry, retry: bool, max_attempts: int) -> str:
     text = entry.text if len(entry.text) <= 160 else entry.text[:157] + "..."
     label = "retry" if retry else entry.status
-    return f"{attempt.worker} {attempt.task_id} {label} after {humanize(time.monotonic() - attempt.started)}: {text}"
+    took = duration_text(time.monotonic() - attempt.started)
+    counted = attempts_text(entry.attempts, max_attempts)
+    if entry.attempts < attempt.number:  # triage's claims, and claims given back unused, do not count
+        counted = f"not counted, {counted}"
+    return f"{attempt.worker} {attempt.task_id} {label} after {took} ({counted}): {text}"
 
 
 class PlainProgress(NullProgress):
@@ -34,28 +30,32 @@ class PlainProgress(NullProgress):
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
+        self.max_attempts = 0
 
     def _say(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
 
     def begin(self, supervisor: Supervisor) -> None:
-        counts = supervisor.counts()
-        self._say(f"run {supervisor.run_id}: {counts['pending']} task(s), {supervisor.options.workers} worker(s), "
-                  f"agent {supervisor.agent.name}; logs in {supervisor.folder.path}")  # fmt: skip
+        self.max_attempts = supervisor.max_attempts
+        report = supervisor.preflight_report
+        ready, waiting = len(report.get("ready", [])), len(report.get("skipped", {}).get("blocked_deps", []))
+        batch = f"{ready} task(s) ready" + (f", {waiting} waiting on dependencies (they run if those finish in this "
+                                            "run)" if waiting else "")  # fmt: skip
+        self._say(f"run {supervisor.run_id}: {batch}; {supervisor.options.workers} worker(s), agent "
+                  f"{supervisor.agent.name}; logs in {supervisor.folder.path}")  # fmt: skip
 
     def started(self, attempt: Attempt) -> None:
-        self._say(f"{attempt.worker} {attempt.task_id} started (attempt {attempt.number}, pid "
-                  f"{attempt.proc.pid if attempt.proc else '-'})")  # fmt: skip
+        self._say(f"{attempt.worker} {attempt.task_id} started (attempt {attempt.number} of {self.max_attempts}, "
+                  f"pid {attempt.proc.pid if attempt.proc else '-'})")  # fmt: skip
 
     def finished(self, attempt: Attempt, entry: TaskEntry, retry: bool) -> None:
-        self._say(_finished_text(attempt, entry, retry))
+        self._say(_finished_text(attempt, entry, retry, self.max_attempts))
 
     def note(self, text: str) -> None:
         self._say(text)
 
     def end(self, summary: dict) -> None:
-        self._say(f"run {summary['run_id']} {summary['status']} in {humanize(summary['runtime_seconds'])}: "
-                  f"{_counts_line(summary['counts'])}; {summary['total_tokens']} tokens")  # fmt: skip
+        self._say(run_line(summary))
 
 
 class LiveProgress(PlainProgress):
@@ -98,8 +98,9 @@ class LiveProgress(PlainProgress):
         for name in ("worker", "task", "attempt", "elapsed"):
             table.add_column(name)
         for attempt in sorted(supervisor.running.values(), key=lambda a: a.slot):
-            table.add_row(attempt.worker, attempt.task_id, str(attempt.number), _elapsed(attempt))
-        table.caption = _counts_line(supervisor.counts())
+            table.add_row(attempt.worker, attempt.task_id, f"{attempt.number} of {supervisor.max_attempts}",
+                          _elapsed(attempt))  # fmt: skip
+        table.caption = counts_text(supervisor.counts(), " · ")
         return table
 
     def begin(self, supervisor: Supervisor) -> None:

@@ -9,11 +9,41 @@ import time
 
 from ..core import fsutil
 from ..core.errors import HypervisorError, UsageError
+from ..core.timeutil import humanize
 
 RUNS_DIR = "runs"
 STATE_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 SUMMARY_SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "summary.schema.json")
+
+# How a run's task ends, the one vocabulary of progress lines, `hypervisor status`, summary.json and the README:
+# done / blocked (as its file says), triaged (the built-in triage set its assignee and released it, open),
+# released (the worker gave it back without an outcome), dead_letter (max_attempts reached), lost, interrupted.
+OUTCOMES = ("done", "triaged", "blocked", "released", "dead_letter", "lost", "interrupted")
+FAILED = ("dead_letter", "lost", "interrupted")
+LIVE_COUNTS = ("running", "pending", "not_started")  # tasks of the batch without an outcome (yet)
+
+
+def duration_text(seconds: float) -> str:
+    """A run's or a task's time, written one way everywhere: '0.6s', '42.0s', '4 min'."""
+    return f"{seconds:.1f}s" if seconds < 60 else humanize(seconds)
+
+
+def attempts_text(attempts: int, max_attempts: int | None) -> str:
+    """The task's own attempt count (its file's `attempts:`), against the limit."""
+    return f"attempts: {attempts}" + (f" of {max_attempts}" if max_attempts else "")
+
+
+def counts_text(counts: dict, sep: str = ", ") -> str:
+    """The non-zero counts of a run, in the order of OUTCOMES, then the tasks without an outcome."""
+    parts = [f"{name} {counts[name]}" for name in (*OUTCOMES, *LIVE_COUNTS) if counts.get(name)]
+    return sep.join(parts) or "no task was started"
+
+
+def run_line(summary: dict) -> str:
+    """The last line of a run, the same on the progress stream and in the printed summary."""
+    return (f"run {summary['run_id']} {summary['status']} in {duration_text(summary['runtime_seconds'])}: "
+            f"{counts_text(summary['counts'])}; {summary['total_tokens']} tokens")  # fmt: skip
 
 
 def new_run_id() -> str:
@@ -59,7 +89,7 @@ class TaskEntry:
         self.branch: str | None = None
         self.tokens = 0
         self.duration_s = 0.0
-        self.attempts = 0
+        self.attempts = 0  # the task's own count (its file's `attempts:`), as last read or written
         self.logs: list[str] = []
         self.exit_codes: list[int | None] = []
 
@@ -67,8 +97,8 @@ class TaskEntry:
         out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
         out["outcome" if self.status == "done" else "reason"] = self.text or self.status
         out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
-                   attempts=self.attempts, log=self.logs[-1] if self.logs else "", logs=self.logs,
-                   exit_codes=self.exit_codes)  # fmt: skip
+                   attempts=self.attempts, workers_started=len(self.logs), log=self.logs[-1] if self.logs else "",
+                   logs=self.logs, exit_codes=self.exit_codes)  # fmt: skip
         return out
 
 

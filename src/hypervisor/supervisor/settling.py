@@ -70,7 +70,9 @@ class Settling:
     def _give_back(self, attempt: Attempt, count_attempt: bool, reason: str) -> str | None:
         """Release the attempt's claim; None, or why the release could not be written (the claim is abandoned)."""
         try:
-            self.queue.release(attempt.task_id, token=attempt.token, reason=reason, count_attempt=count_attempt)
+            released = self.queue.release(attempt.task_id, token=attempt.token, reason=reason,
+                                          count_attempt=count_attempt)  # fmt: skip
+            self.entries[attempt.task_id].attempts = released["attempts"]
         except HypervisorError as error:
             self.progress.note(f"{attempt.task_id}: could not release the claim: {error}")
         except OSError as error:
@@ -100,6 +102,7 @@ class Settling:
                 summary, doc = store.read(store.find(attempt.task_id))
         except HypervisorError as error:
             return "lost", f"the task cannot be read any more: {error}", None
+        self.entries[attempt.task_id].attempts = summary["attempts"]  # the file's count is the one shown
         claim = self.queue.read_claim(attempt.task_id)
         return decide(summary["status"], doc.data, claim, attempt.token, lambda: self._events_since(attempt))
 

@@ -17,7 +17,7 @@ from ..core.errors import (
     disk_failed,
     storage_error,
 )
-from ..core.rules import FINISHED_STATUSES
+from ..core.rules import FINISHED_STATUSES, TRIAGED_REASON
 from ..tasks.taskfile import TaskDoc
 
 DEFAULT_RULES = os.path.join(os.path.dirname(__file__), "triage_rules.yaml")
@@ -254,6 +254,6 @@ def triage_settle(queue, task_id: str, token: str, verdict: Verdict, changes: li
         queue.complete(task_id, token=token, summary=f"closed by triage: {verdict.close_reason}")
         return {"id": task_id, "action": "closed", "detail": verdict.close_reason}
     detail = ", ".join([f"assignee={verdict.assignee}", *(c for c in changes if not c.startswith("assignee="))])
-    queue.release(task_id, token=token, reason=f"triaged: {detail}", status="active", assignee=verdict.assignee,
+    queue.release(task_id, token=token, reason=f"{TRIAGED_REASON}: {detail}", status="active", assignee=verdict.assignee,
                   count_attempt=False)  # fmt: skip
     return {"id": task_id, "action": "triaged", "detail": detail}
