@@ -54,7 +54,8 @@ def triage(ids, batch_file, project, limit, caller, rules_file, dry_run, tasks, 
 
 AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), gemini (gemini -p --yolo with the "
               "extension), or a command such as './work.sh {task_id}' (placeholders: {task_id} {token} {task_file} "
-              "{worker} {attempt} {run_id} {workdir}; run without a shell).")  # fmt: skip
+              "{worker} {attempt} {run_id} {workdir}; run without a shell; its program, on PATH or a path from "
+              "the current folder, is checked before anything is claimed).")  # fmt: skip
 
 
 @click.command()
@@ -73,7 +74,8 @@ AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), 
     show_default=True,
     help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.",
 )
-@click.option("--dry-run", is_flag=True, help="Show the preflight and the first worker's command; start nothing.")
+@click.option("--dry-run", is_flag=True, help="Show the preflight, the invalid task files, and the first worker's "
+              "command and environment (token redacted); claim and start nothing.")  # fmt: skip
 @tasks_option
 @json_option
 def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_run, tasks, as_json) -> None:
