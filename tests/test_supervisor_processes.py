@@ -324,6 +324,10 @@ def test_the_readme_quick_start_demo_runs_the_supervisor_over_the_examples():
         path = next(tasks.rglob(f"{entry['task_id']}.md"))
         assert entry["attempts"] == (read_doc(str(path)).data.get("attempts") or 0) == 0, entry
         assert entry["workers_started"] == 1
+        if entry["status"] == "done":  # closed by triage: the assignee it had before, never the worker's name
+            assert entry["reason" if "reason" in entry else "outcome"].startswith("closed by triage: ")
+            original = read_doc(str(REPO / "examples" / "tasks" / path.relative_to(tasks))).data.get("assignee")
+            assert read_doc(str(path)).data.get("assignee") == original != entry["worker"]
     # the header counts what runs now and what waits; the end line and the printed summary give one runtime
     assert "28 task(s) ready, 6 waiting on dependencies" in result.stderr, result.stderr[:2000]
     assert " released " not in result.stderr and "released 26" not in result.stdout

@@ -142,10 +142,11 @@ class CommandAgent(Agent):
                 raise UsageError(f"--agent {self.name!r}: the command {exe!r} was not found on PATH; install it, give "
                                  f"its path (such as ./{exe}), or use one of {', '.join(NAMED)}")  # fmt: skip
             return
-        path = os.path.join(workdir or os.getcwd(), os.path.expanduser(exe))
+        path = os.path.join(workdir or os.getcwd(), exe)
         shown = f"{exe!r}" + ("" if os.path.isabs(exe) else f" ({os.path.normpath(path)})")
         if not os.path.exists(path):
-            raise UsageError(f"--agent {self.name!r}: the program {shown} does not exist; give the path of an "
+            tilde = " (no shell runs it, so ~ is not expanded)" if exe.startswith("~") else ""
+            raise UsageError(f"--agent {self.name!r}: the program {shown} does not exist{tilde}; give the path of an "
                              f"executable file (a relative path starts from {workdir or os.getcwd()}, where workers "
                              "start), or a command on PATH")  # fmt: skip
         if os.path.isdir(path):

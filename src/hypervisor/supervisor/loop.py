@@ -260,9 +260,11 @@ class Supervisor(Settling):
             return None
         summary = self.queue.store.find(report["ready"][0], refresh=False)
         worker = f"w1-{self._suffix}"
+        workdir = self.options.project_dir
+        if self.worktrees is not None:  # made at the start, not for a dry run: where it will be
+            workdir = os.path.normpath(os.path.join(self.worktrees.path(summary["id"]), self.worktrees.subdir))
         job = Job(summary["id"], summary["title"] or summary["id"], os.path.join(self.queue.store.root, summary["path"]),
-                  REDACTED_TOKEN, worker, summary["attempts"] + 1, self.max_attempts, self.run_id,
-                  self.options.project_dir)  # fmt: skip
+                  REDACTED_TOKEN, worker, summary["attempts"] + 1, self.max_attempts, self.run_id, workdir)  # fmt: skip
         return {"task_id": job.task_id, "worker": worker, "attempt": job.attempt, "argv": self.agent.argv(job),
                 "workdir": job.workdir, "env": self.worker_env(job)}  # fmt: skip
 
