@@ -27,6 +27,8 @@ DEAD_LETTER_REASON = "max_attempts"
 # text in both.
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?![\s\S])"
 TASK_ID_MAX = 128
+TASK_ID_RULE = (f"an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' and '-', starts with a letter or "
+                "digit, and has no '..'")  # fmt: skip
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ID_CHARS = _ID_FIRST | frozenset("._-")
 
@@ -35,7 +37,7 @@ _ID_CHARS = _ID_FIRST | frozenset("._-")
 MCP_SERVER = "task_manager"
 MCP_CLAIM_TOOL = "claim_next_task"
 MCP_TOOLS = ("list_tasks", "get_task", MCP_CLAIM_TOOL, "update_task", "complete_task", "block_task", "release_task",
-             "get_index_stats")  # fmt: skip
+             "get_index_stats", "create_task")  # fmt: skip
 MCP_CLAIMING_TOOLS = frozenset({MCP_CLAIM_TOOL, "update_task"})  # update_task: status in_progress claims
 MCP_TOOL_PREFIX = {"claude": f"mcp__plugin_hypervisor_{MCP_SERVER}__", "gemini": f"mcp_{MCP_SERVER}_"}
 
@@ -70,10 +72,7 @@ def is_task_id(value: object) -> bool:
 def check_task_id(task_id: object) -> str:
     """`task_id` if it is a legal id; InvalidTaskId naming the value and the rule otherwise."""
     if not is_task_id(task_id):
-        msg = (
-            f"task id {quote(task_id)} is not allowed: an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' "
-            "and '-', starts with a letter or digit, and has no '..'; `hypervisor list` (MCP: list_tasks) shows the ids"
-        )
+        msg = f"task id {quote(task_id)} is not allowed: {TASK_ID_RULE}; `hypervisor list` (MCP: list_tasks) shows the ids"
         raise InvalidTaskId(msg)
     return task_id
 
