@@ -36,8 +36,9 @@ _ID_CHARS = _ID_FIRST | frozenset("._-")
 # success hands the caller a claim, and the prefix each host CLI puts before a tool's name.
 MCP_SERVER = "task_manager"
 MCP_CLAIM_TOOL = "claim_next_task"
+MCP_CREATE_TOOL = "create_task"  # a follow-up; the hooks' scope refusal names it
 MCP_TOOLS = ("list_tasks", "get_task", MCP_CLAIM_TOOL, "update_task", "complete_task", "block_task", "release_task",
-             "get_index_stats", "create_task")  # fmt: skip
+             "get_index_stats", MCP_CREATE_TOOL)  # fmt: skip
 MCP_CLAIMING_TOOLS = frozenset({MCP_CLAIM_TOOL, "update_task"})  # update_task: status in_progress claims
 MCP_TOOL_PREFIX = {"claude": f"mcp__plugin_hypervisor_{MCP_SERVER}__", "gemini": f"mcp_{MCP_SERVER}_"}
 
