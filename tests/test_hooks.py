@@ -167,6 +167,7 @@ def test_after_claiming_a_worker_edits_inside_scope_only(project):
     assert project.hook(project.write("models/orders/a.sql")) == (None, "")
     reason = denial(project.hook(project.write("models/customers/a.sql"))[0])
     assert "outside the scope of task t1 (models/orders/**)" in reason
+    assert f"file it with {CLAUDE_MCP}create_task for another worker" in reason
     reason = denial(project.hook(project.write("../elsewhere/models/orders/a.sql"))[0])
     assert "outside the scope" in reason
     reason = denial(project.hook(project.write("tasks/.hypervisor/claims/t1.json"))[0])
@@ -283,7 +284,7 @@ def test_gemini_claims_bind_the_session_from_the_wrapped_mcp_result(project):
                                                                     "content": "x"}), env) == (None, "")  # fmt: skip
     reason = denial(project.hook(project.gemini("BeforeTool", "replace", {"file_path": "docs/x.md",
                     "instruction": "i", "old_string": "a", "new_string": "b"}), env)[0])  # fmt: skip
-    assert "outside the scope" in reason
+    assert "outside the scope" in reason and "file it with mcp_task_manager_create_task" in reason
 
 
 def test_a_failed_claim_binds_nothing(project):

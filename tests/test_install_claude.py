@@ -29,7 +29,7 @@ from mcp.client.stdio import StdioServerParameters
 
 PREFIX = "mcp__plugin_hypervisor_task_manager__"
 TASK_TOOLS = ("list_tasks", "get_task", "claim_next_task", "update_task", "complete_task", "block_task",
-              "release_task", "get_index_stats")  # fmt: skip
+              "release_task", "get_index_stats", "create_task")  # fmt: skip
 MARKER = "TASK-ID: t1\n"
 SESSION_TIMEOUT = 600  # an upper bound: the cold start installs the dependencies while the session runs
 DURATIONS: dict[str, float] = {}

@@ -131,7 +131,8 @@ def test_check_count():
 # -- each tool argument: its description states its limit, and check_arguments holds it exactly -------------------
 def limit_of(description: str) -> tuple[str, int]:
     """(kind, limit) as an argument's description states it; the test fails for a string argument without one."""
-    for kind, pattern in (("ids", r"At most ([\d,]+) ids"), ("id", r"1-(\d+) letters, digits"),
+    for kind, pattern in (("ids", r"At most ([\d,]+) ids"), ("globs", r"At most ([\d,]+) globs"),
+                          ("id", r"1-(\d+) letters, digits"),
                           ("commit", r"\d+-(\d+) hex digits"), ("text", r"at most ([\d,]+) characters")):  # fmt: skip
         found = re.search(pattern, description, re.IGNORECASE)
         if found:
@@ -162,7 +163,8 @@ def test_every_string_argument_documents_the_limit_it_is_held_to(root):
     for tool in tools:
         for name, schema in string_arguments(tool).items():
             kind, limit = limit_of(schema["description"])
-            at, over = {"ids": (["a"] * limit, ["a"] * (limit + 1)), "id": ("a" * limit, "a" * (limit + 1)),
+            at, over = {"ids": (["a"] * limit, ["a"] * (limit + 1)), "globs": (["a"] * limit, ["a"] * (limit + 1)),
+                        "id": ("a" * limit, "a" * (limit + 1)),
                         "commit": ("f" * limit, "f" * (limit + 1)), "text": ("x" * limit, "x" * (limit + 1))}[kind]  # fmt: skip
             mcp_server.check_arguments(**{name: at})
             with pytest.raises(HypervisorError) as caught:
@@ -173,7 +175,7 @@ def test_every_string_argument_documents_the_limit_it_is_held_to(root):
                 with pytest.raises(HypervisorError):
                     mcp_server.check_arguments(**{name: "a" + multi + "b"})
             checked += 1
-    assert checked == 24  # the string arguments of the eight tools
+    assert checked == 30  # the string arguments of the nine tools
 
 
 # -- no write makes a task file unreadable --------------------------------------------------------------------------
@@ -256,7 +258,7 @@ ALLOWED = ("allowed", "at most", "should be", "required", "must", "one of", "hex
 BASE = {"list_tasks": {}, "get_task": {"id": "a"}, "claim_next_task": {"caller": "w9"}, "update_task": {"id": "a"},
         "complete_task": {"id": "a", "summary": "did it", "caller": "w9"},
         "block_task": {"id": "a", "reason": "stuck", "caller": "w9"}, "release_task": {"id": "a", "caller": "w9"},
-        "get_index_stats": {}}  # fmt: skip
+        "get_index_stats": {}, "create_task": {"title": "a follow-up"}}  # fmt: skip
 BAD_IDS = [
     ("x" * MB, ["1,000,000 characters", "is not allowed", "1-128 characters"]),
     ("x" * 129, ["is not allowed"]),
@@ -286,10 +288,15 @@ def bad_calls(tools: dict) -> list[tuple[str, dict, list[str]]]:
                 call("no-such-task", ["no task with id 'no-such-task'"])
             elif kind == "ids":
                 call(["a"] * (limit + 1), [f"{name} holds {limit + 1:,} task ids, too many: at most {limit:,}"])
-                call(["a", "../x"], ["batch[1]: task id '../x' is not allowed"])
-                call(["x" * MB], ["batch[0]: task id", "1,000,000 characters"])
-                call(list(range(5000)), ["argument batch[0]: Input should be a valid string", "4,997 more"])
-                call("not-a-list", ["argument batch: Input should be a valid list"])
+                call(["a", "../x"], [f"{name}[1]: task id '../x' is not allowed"])
+                call(["x" * MB], [f"{name}[0]: task id", "1,000,000 characters"])
+                call(list(range(5000)), [f"argument {name}[0]: Input should be a valid string", "4,997 more"])
+                call("not-a-list", [f"argument {name}: Input should be a valid list"])
+            elif kind == "globs":
+                call(["a"] * (limit + 1), [f"{name} holds {limit + 1:,} globs, too many: at most {limit:,}"])
+                call(["src/**", "a\nb"], [f"{name}[1] holds a line break (U+000A)", "One line of at most"])
+                call(["x" * MB], [f"{name}[0] is 1,000,000 characters, too long"])
+                call("not-a-list", [f"argument {name}: Input should be a valid list"])
             elif kind == "commit":
                 for value in ("xyz1", "abc", "f" * (limit + 1), "ab\x00cd", "g" * MB):
                     call(value, ["commit", "is not allowed", "4 to 64 hex digits"])

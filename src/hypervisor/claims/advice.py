@@ -112,6 +112,15 @@ def dead_lettered(task_id: str, attempts: int, limit: int) -> str:
     )
 
 
+def own_follow_up(task_id: str, parent: str) -> str:
+    """A claim refused because its caller filed the task (create_task) while holding `parent`, and still holds it."""
+    return (
+        f"task {task_id} is a follow-up you filed while working on task {parent}: it is left to another worker while "
+        f"you hold {parent}. Finish {parent} first (`hypervisor complete {parent} --token TOKEN --summary S`; "
+        f"{mcp('complete_task', 'your claim_token', 'a summary', id=parent)}); after that you may claim it"
+    )
+
+
 def nothing_to_claim(scope: str) -> str:
     return f"nothing to claim{scope}: no task is ready (see `hypervisor preflight`)"
 

@@ -9,7 +9,7 @@ from ..core import fsutil, limits, rules
 from ..core.config import Config
 from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
 from ..core.timeutil import iso, now
-from ..tasks import worklog
+from ..tasks import creation, worklog
 from ..tasks.store import FRESH_FOR, TaskStore
 from ..tasks.task import TaskSummary
 from ..tasks.taskfile import TaskDoc
@@ -178,6 +178,9 @@ class TaskQueue(HolderOperations):
                     return advice.stranded(task_id, summary, wait)
             elif not self._claimable_status(status, claim is not None):
                 return advice.unclaimable(task_id, summary)
+            parent = creation.follow_up_parent(first_read[1].data, caller)
+            if parent is not None and self._holds(parent, caller, at):
+                return advice.own_follow_up(task_id, parent)
             depends_on = summary["depends_on"]
             waiting = rules.blocking_dependencies(depends_on, self.store.fresh_statuses(depends_on))
             if waiting:
@@ -249,6 +252,11 @@ class TaskQueue(HolderOperations):
             elif stranded:
                 result["reclaimed_from"] = summary["assignee"] or "nobody (stranded)"
             return result
+
+    def _holds(self, task_id: str, caller: str, at: float) -> bool:
+        """Whether `caller` holds a live claim on `task_id`."""
+        claim = self.claims.read(task_id)
+        return claim is not None and claim.caller == caller and not claim.expired(at)
 
     def handed_over(self, task_id: str, token: str) -> dict:
         """The claim a supervisor took for its worker, in the shape `claim_next` returns, if `token` still holds it.

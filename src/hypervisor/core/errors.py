@@ -34,6 +34,10 @@ class TaskNotFound(HypervisorError):
     """No task with that id exists under the task root."""
 
 
+class TaskExists(HypervisorError):
+    """A new task was asked for under an id that a task file under the root already holds (or is named by)."""
+
+
 class ClaimRefused(HypervisorError):
     """A claim, renewal, release, completion or block was refused; the text says why and what to do."""
 

@@ -86,6 +86,46 @@ def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: 
     return True
 
 
+def create_new(path: str, data: bytes) -> bool:
+    """Make the file `path` holding `data`, whole or not at all; False, with nothing written, if `path` exists.
+
+    The data is written and fsync'd beside it first, then hard-linked into place: link(2) fails if the name is
+    taken, atomically, so two creators never both win and a reader never sees half a file. Where the file system
+    has no hard links, the file is made with O_EXCL and written in place (still one winner; a reader may then see
+    it half written for a moment)."""
+    tmp, _, _ = _staged(path, data, durable=True)
+    try:
+        fault_point("create-before-link")
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise _naming(error, path) from None
+        return _create_in_place(path, data)
+    finally:
+        _discard(tmp)
+    _fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
+def _create_in_place(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _discard(path)  # ours, made just now: no half-written task is left behind
+        raise
+    os.close(fd)
+    _fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
 def _staged(path: str, data: bytes, durable: bool) -> tuple[str, int, bool]:
     """(temporary file, its inode, whether `path` exists) for `data` written beside `path` with `path`'s mode,
     fsync'd if `durable` and closed: what both ways of replacing `path` start from. Errors name `path`."""

@@ -17,6 +17,11 @@ REASON_MAX = 4000  # block_task's reason
 NOTE_MAX = 8000  # one note appended by update_task
 COMMIT_MIN, COMMIT_MAX = 4, 64  # a commit is 4-64 hex digits (an abbreviated or a full SHA-1/SHA-256)
 BATCH_MAX = 1000  # ids in one claim_next_task batch
+TITLE_MAX = 300  # a new task's title: one line
+BODY_MAX = 100_000  # a new task's body (create_task); the file itself may hold up to 2 MiB
+DEPENDS_MAX = 100  # ids in a new task's depends_on
+SCOPE_MAX = 100  # globs in a new task's scope
+GLOB_MAX = 500  # one scope glob: one line
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _LINE_BREAKS = "\n\u2028\u2029"  # besides the control characters, what splits a line

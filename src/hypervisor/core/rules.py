@@ -30,6 +30,8 @@ TRIAGED_REASON = "triaged"
 # text in both.
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?![\s\S])"
 TASK_ID_MAX = 128
+TASK_ID_RULE = (f"an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' and '-', starts with a letter or "
+                "digit, and has no '..'")  # fmt: skip
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ID_CHARS = _ID_FIRST | frozenset("._-")
 
@@ -37,8 +39,9 @@ _ID_CHARS = _ID_FIRST | frozenset("._-")
 # success hands the caller a claim, and the prefix each host CLI puts before a tool's name.
 MCP_SERVER = "task_manager"
 MCP_CLAIM_TOOL = "claim_next_task"
+MCP_CREATE_TOOL = "create_task"  # a follow-up; the hooks' scope refusal names it
 MCP_TOOLS = ("list_tasks", "get_task", MCP_CLAIM_TOOL, "update_task", "complete_task", "block_task", "release_task",
-             "get_index_stats")  # fmt: skip
+             "get_index_stats", MCP_CREATE_TOOL)  # fmt: skip
 MCP_CLAIMING_TOOLS = frozenset({MCP_CLAIM_TOOL, "update_task"})  # update_task: status in_progress claims
 MCP_TOOL_PREFIX = {"claude": f"mcp__plugin_hypervisor_{MCP_SERVER}__", "gemini": f"mcp_{MCP_SERVER}_"}
 
@@ -73,10 +76,7 @@ def is_task_id(value: object) -> bool:
 def check_task_id(task_id: object) -> str:
     """`task_id` if it is a legal id; InvalidTaskId naming the value and the rule otherwise."""
     if not is_task_id(task_id):
-        msg = (
-            f"task id {quote(task_id)} is not allowed: an id is 1-{TASK_ID_MAX} characters of letters, digits, '.', '_' "
-            "and '-', starts with a letter or digit, and has no '..'; `hypervisor list` (MCP: list_tasks) shows the ids"
-        )
+        msg = f"task id {quote(task_id)} is not allowed: {TASK_ID_RULE}; `hypervisor list` (MCP: list_tasks) shows the ids"
         raise InvalidTaskId(msg)
     return task_id
 

@@ -37,6 +37,7 @@ COMMANDS = {
     "mcp": Entry(
         ".cli_run:mcp", "Serve the task_manager MCP server on stdio (how Claude Code and Gemini CLI reach the queue)."
     ),
+    "new": Entry(".cli_new:new", "Create a task file TITLE under the task root and print its id."),
     "preflight": Entry(
         ".cli_tasks:preflight",
         "Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies).",

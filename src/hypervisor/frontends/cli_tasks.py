@@ -153,6 +153,7 @@ def init(tasks) -> None:
         click.echo(f"made {path}")
     if not made:
         click.echo(f"already set up: {config_path} names the task root {root}")
-    click.echo(f"next: write a task as {os.path.join(name, 'my-first-task.md')} (YAML frontmatter with title and "
-               "status: active, then its description), then `hypervisor list`; agents claim it through the "
-               "plugin's task tools or `hypervisor run`")  # fmt: skip
+    click.echo('next: `hypervisor new "My first task" --body "what is to be done"` makes a task file in '
+               f"{name}/ (or write one by hand: YAML frontmatter with title and status: active, then its "
+               "description), then `hypervisor list`; agents claim it through the plugin's task tools or "
+               "`hypervisor run`")  # fmt: skip

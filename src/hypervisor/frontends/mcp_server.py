@@ -1,4 +1,4 @@
-"""The `task_manager` MCP server: the queue's eight tools over stdio; the only module that imports `mcp`."""
+"""The `task_manager` MCP server: the queue's nine tools over stdio; the only module that imports `mcp`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..core import fsutil, limits, rules
 from ..core.errors import ClaimRefused, HypervisorError, InvalidTaskId, NothingToClaim, UsageError, storage_error
 from ..core.limits import quote
 from ..core.timeutil import iso, now
+from ..tasks import creation
 
 if TYPE_CHECKING:
     from ..claims.records import Claim
@@ -30,17 +31,20 @@ TOOL_NAMES = rules.MCP_TOOLS  # each a function below, named so (tests/test_mcp_
 INSTRUCTIONS = (
     "A shared queue of markdown tasks worked by several agents at once. Claim a task before working on it "
     "(claim_next_task), keep the claim_token it returns, and end with complete_task or block_task using that token. "
-    "Never edit a task file by hand; never work on a task you have not claimed."
+    "Never edit a task file by hand; never work on a task you have not claimed. Work you find outside your task's "
+    "scope is filed with create_task for another worker, never claimed by you."
 )
 
 # Every string argument of every tool, by name: its limit, which its description states and `check_arguments`
 # enforces (tests/test_mcp_limits.py holds the two together, tool by tool).
 ID_RULE = f"1-{rules.TASK_ID_MAX} letters, digits, '.', '_' or '-'."
 ONE_LINE = {"caller": limits.NAME_MAX, "assignee": limits.NAME_MAX, "project": limits.NAME_MAX,
-            "claim_token": limits.TOKEN_MAX}  # fmt: skip
-TEXT = {"summary": limits.SUMMARY_MAX, "reason": limits.REASON_MAX, "note": limits.NOTE_MAX}
+            "claim_token": limits.TOKEN_MAX, "title": limits.TITLE_MAX}  # fmt: skip
+TEXT = {"summary": limits.SUMMARY_MAX, "reason": limits.REASON_MAX, "note": limits.NOTE_MAX, "body": limits.BODY_MAX}
 COMMIT_RULE = f"{limits.COMMIT_MIN}-{limits.COMMIT_MAX} hex digits."
 BATCH_RULE = f"At most {limits.BATCH_MAX:,} ids, each {ID_RULE}"
+DEPENDS_RULE = f"At most {limits.DEPENDS_MAX:,} ids, each {ID_RULE}"
+SCOPE_RULE = f"At most {limits.SCOPE_MAX:,} globs, each {limits.describe(limits.GLOB_MAX, one_line=True).lower()}"
 
 
 def described(text: str, argument: str) -> str:
@@ -71,10 +75,14 @@ def check_arguments(**arguments: object) -> None:
             continue
         if name in ("id", "task_id"):
             _check_id(name, value)
-        elif name == "batch":
-            limits.check_count(name, value, limits.BATCH_MAX, "task ids")
+        elif name in ("batch", "depends_on"):
+            limits.check_count(name, value, limits.BATCH_MAX if name == "batch" else limits.DEPENDS_MAX, "task ids")
             for index, item in enumerate(value):  # type: ignore[arg-type]  # check_count: a list
-                _check_id(f"batch[{index}]", item)
+                _check_id(f"{name}[{index}]", item)
+        elif name == "scope":
+            limits.check_count(name, value, limits.SCOPE_MAX, "globs")
+            for index, item in enumerate(value):  # type: ignore[arg-type]
+                limits.check_text(f"{name}[{index}]", item, limits.GLOB_MAX, one_line=True)
         elif name == "commit":
             limits.check_commit(name, value)
         elif name in ONE_LINE:
@@ -374,6 +382,57 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
     ) -> dict:
         """Count tasks by status, plus how many are ready, claimed, and invalid."""
         return call(views.stats, queue, by_project=include_projects)
+
+    @server.tool(annotations=WRITES)
+    def create_task(
+        title: Annotated[
+            str, Field(description=described("What is to be done, in a few words; the id is made from it.", "title"))
+        ],
+        project: Annotated[str | None, Field(description=described("The project it belongs to.", "project"))] = None,
+        priority: Annotated[int | None, Field(description="0 (highest) to 4; default 2.", ge=0, le=4)] = None,
+        depends_on: Annotated[
+            list[str] | None, Field(description=f"Tasks that must be done before this one. {DEPENDS_RULE}")
+        ] = None,
+        scope: Annotated[
+            list[str] | None,
+            Field(description=f"Where its worker may edit, as globs such as 'src/auth/**'. {SCOPE_RULE}"),
+        ] = None,
+        body: Annotated[
+            str | None,
+            Field(description=described("What you found, where, and what done looks like (markdown).", "body")),
+        ] = None,
+        caller: Annotated[
+            str | None,
+            Field(description=described("Your worker name: the new task records it and the task you hold.", "caller")),
+        ] = None,
+    ) -> dict:
+        """File a follow-up: a new task, status inbox, for work you found outside your own task's scope.
+
+        It is for another worker: do not claim it or work on it yourself (while you hold the claim you filed it
+        under, it is not handed to you), and go on with your own task. Returns the new task with its id.
+        """
+        checked(title=title, project=project, depends_on=depends_on, scope=scope, body=body, caller=caller)
+
+        def run() -> dict:
+            creator, parent = (caller.strip() or None) if caller else None, None
+            if supervised is not None:  # the supervisor's claim is the one this worker works under
+                held = queue.read_claim(supervised[0])
+                parent, creator = supervised[0], held.caller if held else creator
+            elif creator is not None:
+                mine = [claim for claim in queue.live_claims().values() if claim.caller == creator]
+                parent = max(mine, key=lambda claim: claim.claimed_at).task_id if mine else None
+            summary, doc = creation.create(
+                queue.store, title, project=project, priority=priority, depends_on=depends_on or (),
+                scope=scope or (), status="inbox", body=body or "", created_by=creator, discovered_from=parent,
+            )  # fmt: skip
+            queue.event("created", summary["id"], path=summary["path"], caller=creator, discovered_from=parent)
+            missing = [dep for dep in summary["depends_on"] if dep not in queue.store.indexed_statuses([dep])]
+            answer = {**summary, "claim": None, "frontmatter": doc.data, "body": doc.body}
+            if missing:
+                answer["missing_dependencies"] = missing  # it waits until tasks with these ids exist and are done
+            return answer
+
+        return call(run)
 
     return server
 

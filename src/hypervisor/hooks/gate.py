@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 CLAIM_TOOL = {host: rules.mcp_tool_name(host, rules.MCP_CLAIM_TOOL) for host in rules.MCP_TOOL_PREFIX}
+CREATE_TOOL = {host: rules.mcp_tool_name(host, rules.MCP_CREATE_TOOL) for host in rules.MCP_TOOL_PREFIX}
 
 
 class HookContext:
@@ -125,6 +126,7 @@ def _problem(call: ToolCall, env: Mapping[str, str], context: HookContext) -> st
             if os.path.isabs(rel) or not rules.scope_allows(rel, claim.scope):
                 return (
                     f"{rel} is outside the scope of task {task_id} ({', '.join(claim.scope)}). Edit only files "
-                    "inside that scope; if the task needs more, block it with a reason naming the files."
+                    "inside that scope; if the task needs more, block it with a reason naming the files. Work that "
+                    f"is not this task's: file it with {CREATE_TOOL[call.host]} for another worker."
                 )
     return None

@@ -213,6 +213,13 @@ class TaskIndex:
         """Invalid-file reports of files named `<task_id>.md`."""
         return self.entries("stem = ? AND invalid = 1", (task_id,))
 
+    def holder_of(self, name: str) -> str | None:
+        """The path (relative) of an indexed file, valid or not, that holds `name` as its id or is named
+        `<name>.md`; None if there is none."""
+        sql = "SELECT rel FROM files WHERE id = ? OR stem = ? ORDER BY rel LIMIT 1"
+        row = self.db.execute(sql, (name, name)).fetchone()
+        return None if row is None else row[0]
+
     def id_count(self, task_id: str) -> int:
         return self.db.execute("SELECT count(*) FROM files WHERE id = ? AND invalid = 0", (task_id,)).fetchone()[0]
 

@@ -37,6 +37,8 @@ def task_schema() -> dict:
             "completed": _DATE,
             "commit": {"type": "string", "pattern": f"^[0-9a-fA-F]{{{limits.COMMIT_MIN},{limits.COMMIT_MAX}}}$"},
             "blocked_reason": {"type": "string"},
+            "created_by": {"type": "string", "minLength": 1},  # who filed it (create_task's caller)
+            "discovered_from": {"type": "string", "pattern": rules.TASK_ID_PATTERN, "not": {"pattern": r"\.\."}},
         },
         "additionalProperties": True,
     }

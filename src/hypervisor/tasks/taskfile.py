@@ -64,6 +64,11 @@ def dump_field(key: str, value: Any) -> str:
     return _dump({key: value}) if text is None else text
 
 
+def dump_mapping(data: dict) -> str:
+    """YAML text for a whole frontmatter mapping, in block style, as PyYAML's task dumper writes it."""
+    return _dump(data)
+
+
 def _dump(data: dict) -> str:
     import yaml
 
