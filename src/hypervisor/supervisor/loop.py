@@ -20,9 +20,10 @@ from .options import RunOptions
 from .processes import Attempt, install_interrupt_handler, send_signal, spawn
 from .runs import RunFolder, TaskEntry, new_run_id, skipped_preflight
 from .settling import Settling
+from .verifying import Verifying
 
 RENEW_EVERY_MAX = 60.0
-FAILED = ("dead_letter", "lost", "interrupted")
+FAILED = ("dead_letter", "lost", "interrupted", "held")
 
 
 class NullProgress:
@@ -31,12 +32,13 @@ class NullProgress:
     def begin(self, supervisor: Supervisor) -> None: ...
     def started(self, attempt: Attempt) -> None: ...
     def finished(self, attempt: Attempt, entry: TaskEntry, retry: bool) -> None: ...
+    def landing(self, entry: TaskEntry, state: str, text: str) -> None: ...
     def note(self, text: str) -> None: ...
     def refresh(self, supervisor: Supervisor) -> None: ...
     def end(self, summary: dict) -> None: ...
 
 
-class Supervisor(Settling):
+class Supervisor(Settling, Verifying):
     """Runs one batch: preflight, then keeps `workers` agent processes busy until the batch is empty."""
 
     def __init__(self, queue: TaskQueue, options: RunOptions, progress: NullProgress | None = None,
@@ -85,6 +87,8 @@ class Supervisor(Settling):
             from .worktrees import Worktrees
 
             self.worktrees = Worktrees(self.options.project_dir, self.run_id)
+            if self.options.land is not None:
+                self._prepare_landing()
 
     def run(self, report: dict | None = None) -> dict:
         """Run the batch to its end (or a drain) and return the summary, also written to summary.json.
@@ -104,13 +108,16 @@ class Supervisor(Settling):
         self.progress.begin(self)
         restore = self._install_signals()
         try:
+            if self.land_branch is not None:
+                self._start_landing()
             while True:
                 if not self.draining:
                     self._fill()
                 if self._state_changed:  # once per round of exits and starts, after the replacements started
                     self._state_changed = False
                     self._write_state("running")
-                if not self.running:
+                if not self.running and self.exits.empty() and (self.landing is None or self.landing.idle()
+                                                                 or self.aborting):  # fmt: skip
                     break
                 self._wait()
         finally:
@@ -120,6 +127,7 @@ class Supervisor(Settling):
                 self._stop_all("the supervisor failed")
                 while self.running:
                     self._wait()
+            self._stop_landing()
         status = "interrupted" if self.aborting else ("drained" if self.draining else "finished")
         summary = self.summary(status)
         try:
@@ -151,12 +159,13 @@ class Supervisor(Settling):
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
             candidates = self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
+            candidates -= getattr(self, "landing_tasks", set())
             if not candidates:
                 return
             slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
             worker = f"w{slot}-{self._suffix}"
             try:
-                claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease)
+                claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease, lands=self.land_branch)
             except NothingToClaim:
                 return
             except OSError as error:  # the claim made nothing (its record is dropped if the file write failed)
@@ -200,8 +209,12 @@ class Supervisor(Settling):
         )
         self.running[slot] = attempt
         try:
+            if self.land_branch is not None:
+                self._journal(task_id, stage="working")
             if self.worktrees is not None:
                 attempt.workdir = self.worktrees.open(task_id)
+                if task_id in self.worktrees.restarted:
+                    self.progress.note(f"{task_id}: {self.worktrees.restarted[task_id]}")
             self._spawn(attempt, claim)
         except BaseException as error:
             del self.running[slot]
@@ -242,6 +255,10 @@ class Supervisor(Settling):
         header = (f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
                   f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n")  # fmt: skip
         spawn(attempt, argv, env, header)
+        self._watch(attempt)
+
+    def _watch(self, attempt: Attempt) -> None:
+        """From now: its timeout, its lease renewals, and a thread that reports its exit."""
         attempt.started = time.monotonic()
         attempt.deadline = attempt.started + self.options.timeout
         attempt.next_renewal = attempt.started + self.renew_every
@@ -262,11 +279,14 @@ class Supervisor(Settling):
         due += [a.next_renewal for a in self.running.values() if not a.claim_gone]
         wait = max(0.0, min([moment + 0.5, *due]) - moment)
         try:
-            attempt, code = self.exits.get(timeout=wait)
+            attempt, code, *rest = self.exits.get(timeout=wait)
         except queue_module.Empty:
             pass
         else:
-            self._finished(attempt, code)
+            if isinstance(attempt, str):  # what the landing thread reports
+                self._landing_event((attempt, code, *rest))
+            else:
+                self._finished(attempt, code)
         self._tick()
         self.progress.refresh(self)
 
@@ -320,12 +340,21 @@ class Supervisor(Settling):
     # -- state on disk ------------------------------------------------------------------------------------------
     def counts(self) -> dict:
         counts = {name: 0 for name in ("done", "blocked", "dead_letter", "released", "lost", "interrupted")}
+        landing = getattr(self, "landing_tasks", None)
+        if landing is not None:
+            counts["held"] = 0
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
         counts["running"] = len(self.running)
         counts["pending"] = len(
-            self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
+            self.eligible
+            - self.finished
+            - self.unclaimable
+            - {a.task_id for a in self.running.values()}
+            - (landing or set())
         )
+        if landing is not None:
+            counts["landing"] = len(landing)
         return counts
 
     def _write_state(self, status: str, required: bool = False) -> None:
@@ -353,6 +382,7 @@ class Supervisor(Settling):
             "counts": self.counts(),
             "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
             "tasks": [entry.to_json() for entry in self.entries.values()],
+            **({"land": self.land_view()} if self.land_branch is not None else {}),
             **({"error": self.error} if self.error else {}),
         })  # fmt: skip
 
@@ -368,10 +398,11 @@ class Supervisor(Settling):
             "agent": self.agent.name,
             "isolation": self.options.isolation,
             "task_root": self.queue.store.root,
-            "counts": {k: v for k, v in self.counts().items() if k not in ("running", "pending")},
+            "counts": {k: v for k, v in self.counts().items() if k not in ("running", "pending", "landing")},
             "workers": [entry.to_json() for entry in self.entries.values()],
             "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,
+            **({"land": self.land_view()} if self.land_branch is not None else {}),
             **({"error": self.error} if self.error else {}),
         }
 

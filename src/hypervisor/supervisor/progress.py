@@ -20,6 +20,7 @@ def _counts_line(counts: dict) -> str:
     parts = [f"done {counts['done']}", f"blocked {counts['blocked']}", f"failed {failed}",
              f"released {counts['released']}"]  # fmt: skip
     parts += [f"{name} {counts[name]}" for name in ("running", "pending") if name in counts]
+    parts += [f"{name} {counts[name]}" for name in ("landing", "held") if counts.get(name)]  # --land
     return " · ".join(parts)
 
 
@@ -52,6 +53,9 @@ class PlainProgress(NullProgress):
 
     def note(self, text: str) -> None:
         self._say(text)
+
+    def landing(self, entry: TaskEntry, state: str, text: str) -> None:
+        self._say(f"land {entry.task_id} {state}: {text}")
 
     def end(self, summary: dict) -> None:
         self._say(f"run {summary['run_id']} {summary['status']} in {humanize(summary['runtime_seconds'])}: "

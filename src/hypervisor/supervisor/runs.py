@@ -36,6 +36,9 @@ class RunFolder:
     def log_path(self, task_id: str, attempt: int) -> str:
         return os.path.join(self.path, "logs", f"{task_id}.{attempt}.log")
 
+    def verify_log_path(self, task_id: str, attempt: int) -> str:
+        return os.path.join(self.path, "logs", f"{task_id}.{attempt}.verify.log")
+
     def write_state(self, state: dict) -> None:
         """The live view: atomic for readers but not fsync'd (it is rewritten on every start and exit)."""
         fsutil.atomic_write(self.state_path, (json.dumps(state, indent=1) + "\n").encode(), durable=False)
@@ -62,6 +65,11 @@ class TaskEntry:
         self.attempts = 0
         self.logs: list[str] = []
         self.exit_codes: list[int | None] = []
+        self.verified: bool | None = None  # with --land: whether verify passed in the task's worktree
+        self.landed = False
+        self.landed_commit: str | None = None
+        self.conflict_files: list[str] = []
+        self.landing: str | None = None  # queued, verifying, merging, landed, reopened, held
 
     def to_json(self) -> dict:
         out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
@@ -69,6 +77,10 @@ class TaskEntry:
         out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
                    attempts=self.attempts, log=self.logs[-1] if self.logs else "", logs=self.logs,
                    exit_codes=self.exit_codes)  # fmt: skip
+        out.update(verified=self.verified, landed=self.landed, landed_commit=self.landed_commit,
+                   conflict_files=self.conflict_files)  # fmt: skip
+        if self.landing:
+            out["landing"] = self.landing
         return out
 
 

@@ -37,6 +37,18 @@ def task_schema() -> dict:
             "completed": _DATE,
             "commit": {"type": "string", "pattern": f"^[0-9a-fA-F]{{{limits.COMMIT_MIN},{limits.COMMIT_MAX}}}$"},
             "blocked_reason": {"type": "string"},
+            "verify": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": "^[^\\n]*$",
+                "description": "A shell command run in the task's worktree (exit 0 passes); overrides verify: "
+                "in .hypervisor.yaml (hypervisor run --land)",
+            },
+            "landed_commit": {
+                "type": "string",
+                "pattern": "^[0-9a-fA-F]{4,64}$",
+                "description": "The commit of the landing branch that holds the task's work",
+            },
         },
         "additionalProperties": True,
     }
