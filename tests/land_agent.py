@@ -4,12 +4,15 @@ from their current content (so a retry that starts from a newer base redoes the 
   append FILE WORD     line 1 of FILE gets " WORD" at its end (FILE is created holding WORD if missing)
   write FILE TEXT      FILE holds TEXT
   nothing              change nothing
+With `together: DIR N` it first waits until N tasks have started (each leaves its id in DIR), so that all of them
+branch from the same base.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 from hypervisor.claims.queue import TaskQueue
 from hypervisor.core.config import Config
@@ -19,7 +22,14 @@ from hypervisor.tasks.store import TaskStore
 def main() -> None:
     task_id, token = os.environ["HYPERVISOR_TASK_ID"], os.environ["HYPERVISOR_CLAIM_TOKEN"]
     queue = TaskQueue(TaskStore(os.environ["HYPERVISOR_TASKS"]), Config())
-    words = str(queue.store.read(queue.store.find(task_id))[1].data["edit"]).split(" ", 2)
+    data = queue.store.read(queue.store.find(task_id))[1].data
+    if data.get("together"):
+        folder, count = str(data["together"]).rsplit(" ", 1)
+        os.makedirs(folder, exist_ok=True)
+        open(os.path.join(folder, task_id), "w").close()
+        while len(os.listdir(folder)) < int(count):
+            time.sleep(0.02)
+    words = str(data["edit"]).split(" ", 2)
     action = words[0]
     if action == "append":
         name, word = words[1], words[2]

@@ -53,9 +53,10 @@ def turn_back(queue: TaskQueue, task_id: str, what: str, detail: str, who: str) 
             doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
         doc.set("modified", iso(at))
         doc.append_to_section(HEADING, f"- **{iso(at)}** · {who} · **{what}**\n{detail.rstrip()}")
-        left = "" if dead else f"; attempt {summary['attempts'] + 1} of {limit} follows"
+        left = f"; all {limit} attempts used" if dead else f"; attempt {summary['attempts'] + 1} of {limit} follows"
         log = f"not landed: {what}{left} (see ## Landing)"
-        doc.append_to_section(worklog.HEADING, worklog.format_entry(at, who, "reopened", log))
+        label = f"blocked: {rules.DEAD_LETTER_REASON}" if dead else "reopened"
+        doc.append_to_section(worklog.HEADING, worklog.format_entry(at, who, label, log))
         return {"id": task_id, "status": doc.data["status"], "attempts": summary["attempts"], "dead_letter": dead}
 
     result = _rewrite(queue, task_id, patch)

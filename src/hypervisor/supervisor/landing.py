@@ -37,7 +37,7 @@ class Landing:
     (command, exit code, output)), held (info: why BRANCH could not move), error (info: what went wrong)."""
 
     def __init__(self, worktrees: Worktrees, branch: str, run_id: str, logs: str, timeout: float,
-                 kill_grace: float, batch: int, post) -> None:  # fmt: skip
+                 kill_grace: float, batch: int, post, project_verify: str | None = None) -> None:  # fmt: skip
         self.git = worktrees
         self.repo = worktrees.repo
         self.branch = branch
@@ -48,6 +48,7 @@ class Landing:
         self.kill_grace = kill_grace
         self.batch = batch
         self.post = post
+        self.project_verify = project_verify
         self.pending: list[Passed] = []
         self.busy: list[Passed] = []
         self.cond = threading.Condition()
@@ -170,7 +171,8 @@ class Landing:
                     pass
 
     def _verify(self, scratch: str, items: list[Passed]) -> tuple | None:
-        commands = list(dict.fromkeys(item.verify for item in items if item.verify))
+        """The project's verify, then each task's own, on the merged tree: None, or the first failure."""
+        commands = list(dict.fromkeys(c for c in [self.project_verify, *(i.verify for i in items)] if c))
         cwd = os.path.normpath(os.path.join(scratch, self.git.subdir))
         env = dict(os.environ, HYPERVISOR_VERIFY="merged", HYPERVISOR_RUN_ID=self.run_id,
                    HYPERVISOR_LAND_TASKS=" ".join(item.task_id for item in items), **{ENV_LAND_RUN: self.run_id})  # fmt: skip

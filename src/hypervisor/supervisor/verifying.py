@@ -64,7 +64,7 @@ class Verifying:
             self.progress.note(f"landing: removed the scratch worktree {path} of a run that stopped")
         self.landing = Landing(self.worktrees, self.land_branch, self.run_id, os.path.join(self.folder.path, "logs"),
                                self.options.timeout, self.options.kill_grace, self.options.land_batch,
-                               self.exits.put)  # fmt: skip
+                               self.exits.put, self.queue.config.verify)  # fmt: skip
         self.land_from = self.landing.start_tip
         self.landing.start()
         self._recover_journal()
