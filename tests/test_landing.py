@@ -133,6 +133,12 @@ def test_several_tasks_land_cleanly(tmp_path, inside):
     changed = git("status", "--porcelain", cwd=repo).splitlines()
     assert all(line.endswith(".md") for line in changed) and (len(changed) == 4) == inside  # only the task files
     assert not (root / ".hypervisor" / "landing").exists() or not os.listdir(root / ".hypervisor" / "landing")
+    for state in ("queued", "verifying", "merging", "landed"):  # the progress lines say where each task is
+        assert f"land one {state}: " in summary["stderr"], summary["stderr"]
+    shown = run_cli("status", "--tasks", str(root), cwd=repo, check=0).stdout
+    assert "one (landing: landed)" in shown and f"land main: {base[:12]} -> {tip[:12]}, landed 4, reopened 0" in shown
+    view = json.loads(run_cli("status", "--tasks", str(root), "--json", cwd=repo, check=0).stdout)
+    assert view["land"]["landed"] == summary["land"]["landed"] and view["counts"]["landing"] == 0
 
 
 @pytest.mark.parametrize("inside", [True, False], ids=["tasks-in-repo", "tasks-outside"])
@@ -151,10 +157,14 @@ def test_two_tasks_changing_the_same_line_land_one_after_the_other(tmp_path, ins
     body = task(root, second).body
     assert "## Landing" in body and "merge conflict with main in shared.txt" in body
     assert (repo / "shared.txt").read_text() == f"base {first} {second}\n"  # redone on the new base
+    assert f"land {second} reopened: merge conflict with main in shared.txt" in summary["stderr"]
+    assert f"{second}: {second}: start again from main (merging it conflicted in shared.txt)" in summary["stderr"]
     assert task(root, second).data["attempts"] == 2
     assert_first_parents_pass(repo, base, git("rev-parse", "main", cwd=repo), tmp_path)
-    # the retry continued its branch: the first attempt's work is still in its history
-    assert len(git("rev-list", f"main..{entries[second]['branch']}", cwd=repo).split()) == 0
+    # the retry continued its branch (no rewrite): the first attempt's work is still in its history
+    subjects = git("log", "--format=%s", entries[second]["branch"], cwd=repo)
+    assert subjects.count(f"{second}: work left uncommitted by") == 2 and "start again from main" in subjects
+    assert git("merge-base", "--is-ancestor", entries[second]["branch"], "main", cwd=repo) == ""
     assert_no_scratch(repo)
 
 

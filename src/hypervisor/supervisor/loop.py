@@ -18,12 +18,13 @@ from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
 from .options import RunOptions
 from .processes import Attempt, install_interrupt_handler, send_signal, spawn
-from .runs import RunFolder, TaskEntry, new_run_id, skipped_preflight
+from .runs import RunFolder, TaskEntry, exit_code, new_run_id, skipped_preflight
 from .settling import Settling
 from .verifying import Verifying
 
+__all__ = ["RunOptions", "Supervisor", "exit_code"]
+
 RENEW_EVERY_MAX = 60.0
-FAILED = ("dead_letter", "lost", "interrupted", "held")
 
 
 class NullProgress:
@@ -108,16 +109,14 @@ class Supervisor(Settling, Verifying):
         self.progress.begin(self)
         restore = self._install_signals()
         try:
-            if self.land_branch is not None:
-                self._start_landing()
+            self._start_landing()
             while True:
                 if not self.draining:
                     self._fill()
                 if self._state_changed:  # once per round of exits and starts, after the replacements started
                     self._state_changed = False
                     self._write_state("running")
-                if not self.running and self.exits.empty() and (self.landing is None or self.landing.idle()
-                                                                 or self.aborting):  # fmt: skip
+                if not self.running and self.exits.empty() and self._landing_done():
                     break
                 self._wait()
         finally:
@@ -159,7 +158,7 @@ class Supervisor(Settling, Verifying):
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
             candidates = self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
-            candidates -= getattr(self, "landing_tasks", set())
+            candidates -= self.landing_tasks
             if not candidates:
                 return
             slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
@@ -340,21 +339,13 @@ class Supervisor(Settling, Verifying):
     # -- state on disk ------------------------------------------------------------------------------------------
     def counts(self) -> dict:
         counts = {name: 0 for name in ("done", "blocked", "dead_letter", "released", "lost", "interrupted")}
-        landing = getattr(self, "landing_tasks", None)
-        if landing is not None:
-            counts["held"] = 0
+        counts.update({"held": 0} if self.land_branch is not None else {})
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
         counts["running"] = len(self.running)
-        counts["pending"] = len(
-            self.eligible
-            - self.finished
-            - self.unclaimable
-            - {a.task_id for a in self.running.values()}
-            - (landing or set())
-        )
-        if landing is not None:
-            counts["landing"] = len(landing)
+        running = {a.task_id for a in self.running.values()}
+        counts["pending"] = len(self.eligible - self.finished - self.unclaimable - running - self.landing_tasks)
+        counts.update({"landing": len(self.landing_tasks)} if self.land_branch is not None else {})
         return counts
 
     def _write_state(self, status: str, required: bool = False) -> None:
@@ -405,10 +396,3 @@ class Supervisor(Settling, Verifying):
             **({"land": self.land_view()} if self.land_branch is not None else {}),
             **({"error": self.error} if self.error else {}),
         }
-
-
-def exit_code(summary: dict) -> int:
-    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
-    if summary.get("status") == "interrupted":
-        return 130
-    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0

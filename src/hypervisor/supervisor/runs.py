@@ -14,6 +14,7 @@ RUNS_DIR = "runs"
 STATE_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 SUMMARY_SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "summary.schema.json")
+FAILED = ("dead_letter", "lost", "interrupted", "held")
 
 
 def new_run_id() -> str:
@@ -165,3 +166,10 @@ def _supervisor_alive(view: dict) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def exit_code(summary: dict) -> int:
+    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
+    if summary.get("status") == "interrupted":
+        return 130
+    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0

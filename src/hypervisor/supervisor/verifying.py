@@ -22,6 +22,7 @@ class Verifying:
 
     landing: Landing | None = None
     land_branch: str | None = None
+    landing_tasks: set[str] = frozenset()  # type: ignore[assignment]  # a set of its own once --land is on
 
     # -- the start and end of a landing run ---------------------------------------------------------------------
     def _prepare_landing(self) -> None:
@@ -52,9 +53,15 @@ class Verifying:
             record.get("into") == self.land_branch for record in self.journal.records().values()
         )
 
+    def _landing_done(self) -> bool:
+        """Whether landing lets the run end: nothing to land, or it holds, or the run is stopping."""
+        return self.landing is None or self.aborting or self.landing.idle()
+
     def _start_landing(self) -> None:
-        """Create BRANCH if it does not exist yet (at HEAD), clean up after dead runs, finish what their journal
-        holds, and start the landing thread."""
+        """With --land: create BRANCH if it does not exist yet (at HEAD), clean up after dead runs, finish what
+        their journal holds, and start the landing thread."""
+        if self.land_branch is None:
+            return
         git, repo = self.worktrees._git, self.worktrees.repo
         try:
             git("rev-parse", "--verify", "--quiet", f"refs/heads/{self.land_branch}", cwd=repo)

@@ -78,7 +78,7 @@ class Worktrees:
             files = self._git("diff", "--name-only", "--diff-filter=U", cwd=path).split()
             self._git("merge", "--abort", cwd=path)
         old = self._git("rev-parse", "HEAD", cwd=path)
-        message = (f"{task_id}: start again from {self.upstream} (merging it conflicted in {', '.join(files) or '?'});"
+        message = (f"{task_id}: start again from {self.upstream.removeprefix('refs/heads/')} (merging it conflicted in {', '.join(files) or '?'});"
                    f" the previous attempt's work is {old}")  # fmt: skip
         new = self._git(*self.identity, "commit-tree", f"{base}^{{tree}}", "-p", old, "-p", base, "-m", message,
                         cwd=path)  # fmt: skip
