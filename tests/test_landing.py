@@ -247,13 +247,32 @@ def test_landing_holds_while_the_checkout_has_a_local_change_the_landed_work_tou
 
 
 def test_a_branch_nobody_has_checked_out_is_created_and_landed_on(tmp_path):
-    repo, root = make_project(tmp_path, {"x": {"edit": "write x.txt x"}})
+    repo, root = make_project(tmp_path, {"x": {"edit": "write x.txt x"}, "y": {"edit": "nothing"}})
     base = git("rev-parse", "main", cwd=repo)
     (repo / "x.txt").write_text("a local file the landed work would overwrite\n")
     summary = land(repo, root, branch="hypervisor/landed")
     assert summary["land"]["branch"] == "hypervisor/landed" and summary["land"]["from"] == base
-    assert by_id(summary)["x"]["status"] == "done"
+    entries = by_id(summary)
+    assert entries["x"]["status"] == entries["y"]["status"] == "done"
     assert git("show", "hypervisor/landed:x.txt", cwd=repo) == "x" and git("rev-parse", "main", cwd=repo) == base
+    # a task that changed nothing lands without a merge of its own: at the commit the branch was at
+    assert git("merge-base", "--is-ancestor", entries["y"]["landed_commit"], "hypervisor/landed", cwd=repo) == ""
+    assert (repo / "x.txt").read_text() == "a local file the landed work would overwrite\n"
+
+
+def test_a_verify_that_hangs_is_killed_at_the_timeout_with_its_process_group(tmp_path):
+    pids = tmp_path / "verify-pids"
+    hang = f"sh -c 'echo $$ >> {pids}; sleep 300' & echo started; wait"
+    repo, root = make_project(tmp_path, {"slow": {"edit": "write slow.txt ok", "verify": hang}}, max_attempts=1)
+    result = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--isolation", "worktree", "--land", "--json",
+                     "--timeout", "6s", cwd=repo)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    entry = by_id(json.loads(result.stdout))["slow"]
+    assert entry["status"] == "dead_letter" and entry["verified"] is False
+    body = task(root, "slow").body
+    assert "killed at the 6s timeout" in body and "exit code: -15" in body and "started" in body
+    leftover = int(pids.read_text().split()[0])
+    wait_for(lambda: not alive(leftover), "the verify's child to be killed with its group", 10)
 
 
 def test_land_needs_worktree_isolation(tmp_path):

@@ -206,7 +206,8 @@ def status(run_id, tasks, as_json) -> None:
     click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for attempt in view.get("running", []):
         age = humanize(now() - parse_iso(attempt["started_at"]))
-        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}, {age})")
+        phase = f", {attempt['phase']}ing" if attempt.get("phase") == "verify" else ""
+        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}, {age}{phase})")
     for entry in view.get("tasks", []):
         landing = f" (landing: {entry['landing']})" if entry.get("landing") else ""
         if entry["status"] != "running" or landing:

@@ -42,7 +42,8 @@ class Attempt:
     def view(self) -> dict:
         return {"slot": self.slot, "worker": self.worker, "task_id": self.task_id, "title": self.title,
                 "attempt": self.number, "pid": self.proc.pid if self.proc else None,
-                "started_at": iso(self.started_at), "log": self.log}  # fmt: skip
+                "started_at": iso(self.started_at), "log": self.log,
+                **({"phase": self.phase} if self.phase != "agent" else {})}  # fmt: skip
 
 
 def spawn(attempt: Attempt, argv: list[str], env: dict[str, str], header: str) -> None:
