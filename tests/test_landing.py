@@ -317,3 +317,36 @@ def test_kill_9_mid_landing_then_a_new_run_finishes_the_batch(tmp_path):
         assert doc.data["status"] == "done"
         assert git("merge-base", "--is-ancestor", doc.data["landed_commit"], tip, cwd=repo) == ""
     assert assert_first_parents_pass(repo, base, tip, tmp_path) == 3
+
+
+def test_a_completion_under_lands_waits_in_review_until_landed_or_turned_back(tmp_path, backend):
+    from conftest import make_queue
+
+    from hypervisor.core.config import Config
+    from hypervisor.core.errors import ClaimRefused
+
+    root = tmp_path / "tasks"
+    for task_id in ("lands", "back", "dead"):
+        write_task(root, task_id, title=task_id, attempts=1 if task_id == "dead" else 0)
+    queue = make_queue(root, backend, Config(max_attempts=2))
+    for task_id in ("lands", "back", "dead"):
+        claim = queue.claim_next("w1", task_id=task_id, lands="main")
+        result = queue.complete(task_id, token=claim["claim_token"], summary="did it")
+        assert result["status"] == "review" and result["lands"] == "main"
+        assert queue.read_claim(task_id) is None  # the claim ended; nobody can claim a task in review
+        with pytest.raises(ClaimRefused, match="review"):
+            queue.claim_next("w2", task_id=task_id)
+    assert "completed, lands on main once verified" in task(root, "lands").body
+    queue.landed("lands", "main", "ab" * 20, "lander")
+    doc = task(root, "lands")
+    assert doc.data["status"] == "done" and doc.data["landed_commit"] == "ab" * 20 and "landed on main" in doc.body
+    with pytest.raises(ClaimRefused, match="no longer review"):
+        queue.landed("lands", "main", "ab" * 20, "lander")
+    back = queue.turn_back("back", "verify failed", "  - exit code: 1", "lander")
+    assert back == {"id": "back", "status": "active", "attempts": 1, "dead_letter": False}
+    assert "## Landing" in task(root, "back").body and task(root, "back").data.get("assignee") is None
+    assert queue.claim_next("w3", task_id="back")["attempts"] == 2  # the next attempt reads why, counted
+    dead = queue.turn_back("dead", "merge conflict with main in a.txt", "  - files: a.txt", "lander")
+    assert dead["dead_letter"] is True and task(root, "dead").data["blocked_reason"] == "max_attempts"
+    kinds = [event["event"] for event in queue.events()]
+    assert kinds.count("completed") == 3 and "landed" in kinds and "reopened" in kinds and "dead_letter" in kinds
