@@ -36,6 +36,12 @@ if marker and merged and not os.path.exists(marker):
         handle.write(str(os.getpid()))
     os.replace(marker + ".tmp", marker)
     time.sleep(600)
+person = os.environ.get("LAND_PERSON_COMMITS")  # REPO|MARKER: once, a person commits on the branch meanwhile
+if person and merged and not os.path.exists(person.split("|")[1]):
+    open(person.split("|")[1], "w").close()
+    import subprocess
+    subprocess.run(["git", "-C", person.split("|")[0], "-c", "user.name=p", "-c", "user.email=p@p", "commit", "-q",
+                    "--allow-empty", "-m", "a person's commit"], check=True)
 gate = os.environ.get("LAND_GATE")  # JOURNAL_DIR:N: the gate task's merge waits until N tasks are queued to land
 if gate and merged and "gate" in os.environ.get("HYPERVISOR_LAND_TASKS", "").split():
     folder, count = gate.rsplit(":", 1)
@@ -273,6 +279,21 @@ def test_a_verify_that_hangs_is_killed_at_the_timeout_with_its_process_group(tmp
     assert "killed at the 6s timeout" in body and "exit code: -15" in body and "started" in body
     leftover = int(pids.read_text().split()[0])
     wait_for(lambda: not alive(leftover), "the verify's child to be killed with its group", 10)
+
+
+def test_a_commit_on_the_branch_meanwhile_is_kept_and_the_merge_is_made_again_on_top_of_it(tmp_path):
+    repo, root = make_project(tmp_path, {"late": {"edit": "write late.txt late"}})
+    base = git("rev-parse", "main", cwd=repo)
+    summary = land(repo, root, env={"LAND_PERSON_COMMITS": f"{repo}|{tmp_path / 'committed'}"})
+    entry = by_id(summary)["late"]
+    assert entry["status"] == "done" and (tmp_path / "committed").exists()
+    line = git("rev-list", "--first-parent", f"{base}..main", cwd=repo).split()
+    assert len(line) == 2 and line[0] == entry["landed_commit"]  # the landing, on top of the person's commit
+    assert git("log", "-1", "--format=%s", line[1], cwd=repo) == "a person's commit"
+    assert git("rev-parse", f"{line[0]}^1", cwd=repo) == line[1]  # a fast-forward from it: nothing rewritten
+    logs = Path(entry["logs"][0]).parent
+    assert (logs / "land-1.log").exists() and (logs / "land-2.log").exists()  # verified again on the new tip
+    assert_first_parents_pass(repo, base, line[0], tmp_path)
 
 
 def test_land_needs_worktree_isolation(tmp_path):

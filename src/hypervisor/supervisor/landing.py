@@ -50,6 +50,7 @@ class Landing:
         self.post = post
         self.project_verify = project_verify
         self.pending: list[Passed] = []
+        self.conflicts: list[tuple[Passed, list[str]]] = []  # reported once the batch is through
         self.busy: list[Passed] = []
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
@@ -69,9 +70,9 @@ class Landing:
             self.cond.notify()
 
     def idle(self) -> bool:
-        """Nothing waits and nothing is being landed (or what is being landed holds)."""
+        """Nothing waits and nothing is being landed, or landing holds (everything waits behind what holds)."""
         with self.cond:
-            return not self.pending and (not self.busy or self.held is not None)
+            return (not self.pending and not self.busy) or self.held is not None
 
     def waiting(self) -> list[str]:
         """The tasks not landed yet: being landed first, then queued."""
@@ -97,11 +98,14 @@ class Landing:
                 self.busy, self.pending = self.pending[: self.batch], self.pending[self.batch :]
             try:
                 self._land(list(self.busy))
+                for item, files in self.conflicts:  # after the batch landed: a retry then starts from it
+                    self.post(("conflict", [item], files))
             except _Stopped:
                 return
             except Exception as error:  # noqa: BLE001 - reported; the tasks stay in review for the next run
                 self.post(("error", list(self.busy), str(error)))
             finally:
+                self.conflicts = []
                 with self.cond:
                     self.busy = []
                     self.held = None
@@ -124,7 +128,7 @@ class Landing:
             if commit == tip or self._advance(tip, commit, merged):
                 self.post(("landed", merged, commit))
                 return
-            # BRANCH moved meanwhile (someone committed on it): merge again on its new tip
+            items = merged  # BRANCH moved meanwhile (someone committed on it): merge again on its new tip
 
     def _try(self, items: list[Passed], tip: str) -> tuple[list[Passed], str, tuple | None]:
         """Merge `items` onto `tip` in a scratch worktree (a conflicting one is reported and left out) and verify
@@ -146,7 +150,7 @@ class Landing:
                 except HypervisorError:
                     files = self._git("diff", "--name-only", "--diff-filter=U", cwd=scratch).split()
                     self._git("merge", "--abort", cwd=scratch)
-                    self.post(("conflict", [item], files))
+                    self.conflicts.append((item, files))
                     continue
                 merged.append(item)
             if not merged:
