@@ -296,6 +296,16 @@ def test_a_commit_on_the_branch_meanwhile_is_kept_and_the_merge_is_made_again_on
     assert_first_parents_pass(repo, base, line[0], tmp_path)
 
 
+def test_a_verify_field_that_is_no_command_is_named_with_its_file(tmp_path):
+    repo, root = make_project(tmp_path, {"odd": {"edit": "write odd.txt odd", "verify": 5}}, max_attempts=1)
+    summary = land(repo, root, code=1)
+    assert by_id(summary)["odd"]["status"] == "dead_letter"
+    assert f"{root / 'odd.md'}: verify: 5 is not allowed: give one shell command on one line" in task(root, "odd").body
+    (repo / ".hypervisor.yaml").write_text("verify: [a, b]\n")
+    result = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--isolation", "worktree", "--land", cwd=repo)
+    assert result.returncode != 0 and "hypervisor.yaml: verify: ['a', 'b'] is not allowed" in result.stderr
+
+
 def test_land_needs_worktree_isolation(tmp_path):
     repo, root = make_project(tmp_path, {"x": {"edit": "nothing"}})
     result = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--land", cwd=repo)

@@ -8,7 +8,8 @@ import os
 import time
 
 from ..claims.landing import output_tail
-from ..core.errors import HypervisorError, UsageError, storage_error
+from ..core.config import check_verify
+from ..core.errors import ConfigError, HypervisorError, UsageError, storage_error
 from ..core.timeutil import iso, now
 from .landing import ENV_LAND_RUN, Journal, Landing, Passed, branch_at_root, clean_dead_runs
 from .processes import Attempt, describe_exit, spawn
@@ -111,7 +112,7 @@ class Verifying:
                 self._turn_back(entry, f"its branch {entry.branch} is gone", "  - the branch was deleted", LANDER)
                 continue
             self.progress.note(f"{task_id}: left in review by a run that stopped: landing it now")
-            self._submit(entry, record.get("verify") or self._verify_command(task_id))
+            self._submit(entry, record.get("verify"))
 
     def _stop_landing(self) -> None:
         """After the loop: stop the thread, apply what it reported, and say what did not land (still in review,
@@ -145,18 +146,25 @@ class Verifying:
 
     # -- a worker's end -----------------------------------------------------------------------------------------
     def _verify_command(self, task_id: str) -> str | None:
-        """The task's own `verify:` field, else the project's (`verify:` in .hypervisor.yaml)."""
+        """The task's own `verify:` field, else the project's (`verify:` in .hypervisor.yaml); ConfigError naming
+        the file if the task's is not one shell command."""
+        store = self.queue.store
         try:
-            data = self.queue.store.read(self.queue.store.find(task_id, refresh=False))[1].data
+            summary, doc = store.read(store.find(task_id, refresh=False))
         except HypervisorError:
-            data = {}
-        own = data.get("verify")
-        return own.strip() if isinstance(own, str) and own.strip() else self.queue.config.verify
+            return self.queue.config.verify
+        own = check_verify(doc.data.get("verify"), f"{store.path_of(summary)}: verify:")
+        return own or self.queue.config.verify
 
     def _agent_passed(self, attempt: Attempt, entry: TaskEntry, text: str) -> None:
         """The agent completed its task (now in review): verify it in its worktree, or queue it to land."""
         entry.text = text
-        command = self._verify_command(attempt.task_id)
+        try:
+            command = self._verify_command(attempt.task_id)
+        except ConfigError as error:
+            self._remove_worktree(attempt)
+            self._turn_back(entry, "its verify: field cannot be run", f"  - {error}", attempt.worker)
+            return
         if command is None:
             self._remove_worktree(attempt)
             self._submit(entry, None)
