@@ -306,12 +306,17 @@ def test_a_verify_field_that_is_no_command_is_named_with_its_file(tmp_path):
     assert result.returncode != 0 and "hypervisor.yaml: verify: ['a', 'b'] is not allowed" in result.stderr
 
 
-def test_land_needs_worktree_isolation(tmp_path):
+def test_land_needs_worktree_isolation_and_a_branch(tmp_path):
     repo, root = make_project(tmp_path, {"x": {"edit": "nothing"}})
     result = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--land", cwd=repo)
     assert result.returncode == 2 and "--land needs --isolation worktree" in result.stderr
     assert "hypervisor run --isolation worktree --land" in result.stderr
-    assert task(root, "x").data.get("status") is None
+    batch = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--land-batch", "2", cwd=repo)
+    assert batch.returncode == 2 and "--land-batch needs --land" in batch.stderr
+    git("checkout", "-q", "--detach", cwd=repo)
+    detached = run_cli("run", "--tasks", str(root), "--agent", AGENT, "--isolation", "worktree", "--land", cwd=repo)
+    assert detached.returncode == 2 and "name the branch to land on: --land BRANCH" in detached.stderr
+    assert task(root, "x").data.get("status") is None  # nothing was claimed
 
 
 def test_kill_9_mid_landing_then_a_new_run_finishes_the_batch(tmp_path):

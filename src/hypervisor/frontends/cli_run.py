@@ -115,8 +115,9 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, land,
     one line naming the file.
 
     \b
-    Exit: 0 the batch ran, 1 a task was dead-lettered or lost or a file could
-          not be written, 2 usage, 3 nothing to run, 130 interrupted.
+    Exit: 0 the batch ran, 1 a task was dead-lettered, lost or (--land) left
+          unlanded, or a file could not be written, 2 usage, 3 nothing to
+          run, 130 interrupted.
 
     \b
     Examples:
