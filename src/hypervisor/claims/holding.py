@@ -190,11 +190,14 @@ class HolderOperations:
         touch ends (recovery.reconcile)."""
 
         def patch(summary: dict, doc: TaskDoc, claim: Claim) -> dict:
-            if not rules.may_become(summary["status"], outcome):  # a person ended it in its file (done, cancelled)
+            status = "review" if outcome == "done" and claim.lands else outcome  # done once landed (claims.landing)
+            if not rules.may_become(summary["status"], status):  # a person ended it in its file (done, cancelled)
                 raise _EndedByFile(summary["status"])
             at = now()
-            doc.set("status", outcome)
-            if outcome == "done":
+            doc.set("status", status)
+            if status == "review":
+                doc.remove("blocked_reason")
+            elif outcome == "done":
                 doc.set("completed", iso(at))
                 if commit:
                     doc.set("commit", commit)
@@ -207,18 +210,21 @@ class HolderOperations:
             extra.setdefault("files", files)
             if calls:
                 extra.setdefault("tool_calls", calls + 1)  # the hooks journal each call after it ran: add this one
+            label = f"completed, lands on {claim.lands} once verified" if status == "review" else outcome
             entry = worklog.format_entry(
-                at, claim.holder(), outcome, text, commit=commit,
+                at, claim.holder(), label, text, commit=commit,
                 duration_s=extra.pop("duration_s", at - claim.claimed_at), **extra,  # type: ignore[arg-type]
             )  # fmt: skip
             doc.append_to_section(worklog.HEADING, entry)
-            return {"id": task_id, "status": outcome, "attempts": claim.attempts, "commit": commit}
+            return {"id": task_id, "status": status, "attempts": claim.attempts, "commit": commit,
+                    **({"lands": claim.lands} if status == "review" else {})}  # fmt: skip
 
         def settle(result: dict, claim: Claim) -> dict:
             fsutil.fault_point("outcome-written")
             self.end(claim)
             self.event(event or ("completed" if outcome == "done" else "blocked"), task_id, caller=claim.caller,
-                       attempts=claim.attempts, commit=commit, text=text)  # fmt: skip
+                       attempts=claim.attempts, commit=commit, text=text,
+                       **({"lands": result["lands"]} if "lands" in result else {}))  # fmt: skip
             return result
 
         try:

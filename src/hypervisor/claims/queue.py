@@ -116,10 +116,12 @@ class TaskQueue(HolderOperations):
         project: str | None = None,
         ids: Iterable[str] | None = None,
         lease_seconds: float | None = None,
+        lands: str | None = None,
     ) -> dict:
         """Claim `task_id`, or the first ready task (optionally of a project or a batch of ids).
 
-        Returns the task's fields plus `claim_token` and `lease_expires_at`. ClaimRefused if `task_id` cannot be
+        `lands`: the branch the work must land on (`hypervisor run --land`): the holder's completion then leaves
+        the task in `review` until the landing marks it done (claims.landing). Returns the task's fields plus `claim_token` and `lease_expires_at`. ClaimRefused if `task_id` cannot be
         claimed; NothingToClaim if no task is ready.
         """
         caller = _check_caller(caller)
@@ -127,7 +129,7 @@ class TaskQueue(HolderOperations):
         self.store.ensure_state()
         if task_id is not None:
             summary = self.store.find(task_id)
-            outcome = self._try_claim(summary, caller, lease, blocking=True)
+            outcome = self._try_claim(summary, caller, lease, blocking=True, lands=lands)
             if isinstance(outcome, str):
                 raise ClaimRefused(outcome)
             return outcome
@@ -136,19 +138,20 @@ class TaskQueue(HolderOperations):
         for max_age in (FRESH_FOR, None):
             contended = []
             for summary in self._ready_iter(project, ids, max_age):
-                outcome = self._try_claim(summary, caller, lease, blocking=False)
+                outcome = self._try_claim(summary, caller, lease, blocking=False, lands=lands)
                 if outcome is None:
                     contended.append(summary)
                 elif isinstance(outcome, dict):
                     return outcome
             for summary in contended:
-                outcome = self._try_claim(summary, caller, lease, blocking=True)
+                outcome = self._try_claim(summary, caller, lease, blocking=True, lands=lands)
                 if isinstance(outcome, dict):
                     return outcome
         scope = f" in project {project}" if project else (" in this batch" if ids is not None else "")
         raise NothingToClaim(advice.nothing_to_claim(scope))
 
-    def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool) -> dict | str | None:
+    def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool,
+                   lands: str | None = None) -> dict | str | None:  # fmt: skip
         """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock.
 
         The order is what keeps every failure recoverable: the claim record first (the one winner), then the task
@@ -203,6 +206,7 @@ class TaskQueue(HolderOperations):
                 assignee_before=claim.assignee_before if claim else (None if stranded else summary["assignee"]),
                 previous=previous,
                 scope=summary["scope"],
+                lands=lands,
             )
             winner = self.claims.acquire(new, fence)
             if winner is not None:
@@ -257,6 +261,19 @@ class TaskQueue(HolderOperations):
         """Whether `caller` holds a live claim on `task_id`."""
         claim = self.claims.read(task_id)
         return claim is not None and claim.caller == caller and not claim.expired(at)
+
+    # -- landing (a task completed under `lands` waits in review) -------------------------------------------------
+    def landed(self, task_id: str, branch: str, commit: str, who: str) -> dict:
+        """Its work is on `branch` at `commit`: the task in review is done (claims.landing.landed)."""
+        from . import landing
+
+        return landing.landed(self, task_id, branch, commit, who)
+
+    def turn_back(self, task_id: str, what: str, detail: str, who: str) -> dict:
+        """Its work did not land: the task in review goes back to active, or to the dead letter at max_attempts."""
+        from . import landing
+
+        return landing.turn_back(self, task_id, what, detail, who)
 
     def handed_over(self, task_id: str, token: str) -> dict:
         """The claim a supervisor took for its worker, in the shape `claim_next` returns, if `token` still holds it.

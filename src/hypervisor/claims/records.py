@@ -25,14 +25,14 @@ class Claim:
 
     FIELDS = (
         "task_id", "token", "caller", "claimed_at", "lease_seconds", "lease_expires_at", "attempts", "path",
-        "status_before", "assignee_before", "worker", "previous", "scope",
+        "status_before", "assignee_before", "worker", "previous", "scope", "lands",
     )  # fmt: skip
     __slots__ = FIELDS
 
     def __init__(self, task_id: str, token: str, caller: str, claimed_at: float, lease_seconds: float,
                  lease_expires_at: float, attempts: int, path: str, status_before: str,
                  assignee_before: str | None = None, worker: str | None = None, previous: dict | None = None,
-                 scope: list[str] | None = None) -> None:  # fmt: skip
+                 scope: list[str] | None = None, lands: str | None = None) -> None:  # fmt: skip
         self.task_id = task_id
         self.token = token
         self.caller = caller
@@ -46,6 +46,7 @@ class Claim:
         self.worker = worker
         self.previous = previous
         self.scope = list(scope or [])
+        self.lands = lands  # the branch the work must land on before the task is done (hypervisor run --land)
 
     def expired(self, at: float) -> bool:
         return self.lease_expires_at <= at
@@ -127,7 +128,7 @@ def _well_formed(data: dict) -> bool:
         and (previous is None or (isinstance(previous, dict) and isinstance(previous.get("token", ""), str)
                                   and isinstance(previous.get("lease_expires_at", 0), number)))
         and isinstance(scope, list) and all(isinstance(glob, str) for glob in scope)
-        and all(isinstance(data.get(name), (str, type(None))) for name in ("assignee_before", "worker"))
+        and all(isinstance(data.get(name), (str, type(None))) for name in ("assignee_before", "worker", "lands"))
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 CONFIG_NAME = ".hypervisor.yaml"
 STATE_DIR = ".hypervisor"
 GATE_MODES = ("off", "warn", "block", "all")
-KNOWN_KEYS = {"tasks", "gate", "max_attempts", "lease", "triage_rules", "backend"}
+KNOWN_KEYS = {"tasks", "gate", "max_attempts", "lease", "triage_rules", "backend", "verify"}
 
 
 # What the flat reader takes as a plain string (YAML reads these characters as that same string), without `re`:
@@ -32,7 +32,8 @@ class Config:
 
     def __init__(self, path: str | None = None, tasks: str | None = None, gate: str = "block",
                  max_attempts: int = rules.DEFAULT_MAX_ATTEMPTS, lease_seconds: float = rules.DEFAULT_LEASE_SECONDS,
-                 triage_rules: str | None = None, backend: str | None = None) -> None:  # fmt: skip
+                 triage_rules: str | None = None, backend: str | None = None,
+                 verify: str | None = None) -> None:  # fmt: skip
         self.path = path
         self.tasks = tasks
         self.gate = gate
@@ -40,6 +41,7 @@ class Config:
         self.lease_seconds = lease_seconds
         self.triage_rules = triage_rules
         self.backend = backend
+        self.verify = verify  # a shell command run in a worktree; exit 0 passes (hypervisor run --land)
 
 
 def find_config(start: str | None = None) -> str | None:
@@ -92,7 +94,18 @@ def load_config(path: str | None = None, start: str | None = None) -> Config:
     if data.get("triage_rules") is not None:
         config.triage_rules = os.path.join(base, str(data["triage_rules"]))
     config.backend = data.get("backend")
+    config.verify = check_verify(data.get("verify"), f"{path}: verify:")
     return config
+
+
+def check_verify(value: object, where: str) -> str | None:
+    """A verify command as given (a one-line shell command), None if unset; ConfigError naming `where` if bad."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\n" in value.strip() or "\0" in value:
+        raise ConfigError(f"{where} {value!r} is not allowed: give one shell command on one line, e.g. "
+                          "'python -m pytest -q' (exit 0 passes)")  # fmt: skip
+    return value.strip()
 
 
 def read_flat(text: str) -> dict | None:

@@ -72,13 +72,19 @@ AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), 
     type=click.Choice(["none", "worktree"]),
     default="none",
     show_default=True,
-    help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; nothing is merged.",
+    help="worktree: each task in its own git worktree on branch hypervisor/<task-id>; merged only with --land.",
 )
+@click.option("--land", is_flag=False, flag_value="", default=None, metavar="[BRANCH]",
+              help="With --isolation worktree: verify each completed task, merge what passed into BRANCH (default: the "
+                   "branch checked out here) through a queue, verify the merge, fast-forward BRANCH; done once landed.")  # fmt: skip
+@click.option("--land-batch", default=1, show_default=True, metavar="N", type=click.IntRange(1, 64),
+              help="With --land: test up to N passed branches merged together; bisect when that fails.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show the preflight, the invalid task files, and the first worker's "
               "command and environment (token redacted); claim and start nothing.")  # fmt: skip
 @tasks_option
 @json_option
-def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_run, tasks, as_json) -> None:
+def run(worker_count, agent, ids, batch_file, project, timeout, isolation, land, land_batch, dry_run, tasks,
+        as_json) -> None:  # fmt: skip
     """Run a batch: keep N agent workers busy on the queue until the batch is empty.
 
     \b
@@ -88,6 +94,17 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
       then read the outcome from the task file (never from the agent's word).
       A worker that ends without an outcome has its task released and retried,
       up to max_attempts (default 3), then dead-lettered (blocked: max_attempts).
+
+    \b
+    Landing (--isolation worktree --land [BRANCH], verify: in .hypervisor.yaml
+    or a task's own verify: field, a shell command; exit 0 passes):
+      a completed task stays in review; verify runs in its worktree; what
+      passes is merged onto BRANCH in a scratch worktree, in pass order, and
+      verified again there; BRANCH fast-forwards only when that passes, and
+      then the task is done. A failure or merge conflict reopens the task with
+      a ## Landing entry (command, exit code, last 40 lines, or the files); its
+      retry starts from the new BRANCH. A checkout of BRANCH moves as
+      `git merge --ff-only` moves it; where git refuses, landing holds.
 
     Done, cancelled, claimed and dependency-blocked tasks are reported and
     skipped; a task whose dependencies finish during the run does run.
@@ -100,21 +117,24 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
     one line naming the file.
 
     \b
-    Exit: 0 the batch ran, 1 a task was dead-lettered or lost or a file could
-          not be written, 2 usage, 3 nothing to run, 130 interrupted.
+    Exit: 0 the batch ran, 1 a task was dead-lettered, lost or (--land) left
+          unlanded, or a file could not be written, 2 usage, 3 nothing to
+          run, 130 interrupted.
 
     \b
     Examples:
       hypervisor run --tasks examples/tasks                 # built-in triage
       hypervisor run --agent claude --workers 4 --project web --timeout 20m
       hypervisor run --agent './fix.sh {task_id}' --isolation worktree
+      hypervisor run --agent claude --isolation worktree --land --land-batch 4
     """
     from ..supervisor.loop import RunOptions, Supervisor, exit_code
     from ..supervisor.progress import progress_for
 
     ctx = context_for(tasks)
     options = RunOptions(workers=worker_count, agent=agent, ids=batch_ids(ids, batch_file), project=project,
-                         timeout=parse_duration(timeout, "--timeout"), isolation=isolation)  # fmt: skip
+                         timeout=parse_duration(timeout, "--timeout"), isolation=isolation, land=land,
+                         land_batch=land_batch)  # fmt: skip
     if dry_run:
         supervisor = Supervisor(ctx.queue, options)
         supervisor.prepare()
@@ -137,7 +157,7 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, dry_r
     supervisor = Supervisor(ctx.queue, options, progress_for())
     supervisor.prepare()
     report = supervisor.preflight()
-    if not report["ready"]:
+    if not report["ready"] and not supervisor.left_to_land():
         emit_json(report) if as_json else print_preflight(report)
         click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
         sys.exit(3)
@@ -168,12 +188,18 @@ def _print_summary(summary: dict, path: str) -> None:
     for entry in summary["workers"]:
         text = entry.get("outcome") or entry.get("reason") or ""
         extra = f" [{entry['branch']} {entry['commit'][:12]}]" if entry.get("branch") and entry.get("commit") else ""
+        if entry.get("conflict_files"):
+            extra += f" [conflict: {', '.join(entry['conflict_files'])}]"
         click.echo(f"{entry['task_id']}: {entry['status']} ({attempts_text(entry['attempts'], summary.get('max_attempts'))}, "
                    f"{duration_text(entry['duration_s'])}, {entry['tokens']} tokens){extra}: {text}")  # fmt: skip
     skipped = {k: len(v) for k, v in summary["skipped_preflight"].items() if v}
     if skipped:
         click.echo("skipped at preflight: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
     click.echo(run_line(summary))
+    land = summary.get("land")
+    if land:
+        click.echo(f"land {land['branch']}: {land['from'][:12]} -> {land['to'][:12]}, landed {len(land['landed'])}, "
+                   f"reopened {len(land['reopened'])}" + (f"; held: {land['held']}" if land.get("held") else ""))  # fmt: skip
     if os.path.exists(path):
         click.echo(f"summary: {path}")
 
@@ -200,11 +226,20 @@ def status(run_id, tasks, as_json) -> None:
     for attempt in view.get("running", []):
         age = humanize(now() - parse_iso(attempt["started_at"]))
         of = f" of {limit}" if limit else ""
-        click.echo(f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}{of}, {age})")
+        phase = ", verifying" if attempt.get("phase") == "verify" else ""
+        click.echo(
+            f"  running {attempt['worker']} {attempt['task_id']} (attempt {attempt['attempt']}{of}, {age}{phase})"
+        )
     for entry in view.get("tasks", []):
-        if entry["status"] != "running":
-            click.echo(f"  {entry['status']:<12} {entry['task_id']} ({attempts_text(entry['attempts'], limit)}): "
+        landing = f" (landing: {entry['landing']})" if entry.get("landing") else ""
+        if entry["status"] != "running" or landing:
+            click.echo(f"  {entry['status']:<12} {entry['task_id']}{landing} ({attempts_text(entry['attempts'], limit)}): "
                        f"{entry.get('outcome') or entry.get('reason')}")  # fmt: skip
+    land = view.get("land")
+    if land:
+        click.echo(f"  land {land['branch']}: {land['from'][:12]} -> {land['to'][:12]}, landed "
+                   f"{len(land['landed'])}, reopened {len(land['reopened'])}, queued {len(land.get('queued', []))}"
+                   + (f"; held: {land['held']}" if land.get("held") else ""))  # fmt: skip
     if "summary" in view:
         click.echo(f"  summary: {os.path.join(ctx.store.state, 'runs', view['run_id'], 'summary.json')}")
 

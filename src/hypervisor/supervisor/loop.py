@@ -19,8 +19,11 @@ from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
 from .options import RunOptions
 from .processes import Attempt, install_interrupt_handler, send_signal, spawn
-from .runs import FAILED, OUTCOMES, RunFolder, TaskEntry, new_run_id, skipped_preflight
+from .runs import OUTCOMES, RunFolder, TaskEntry, exit_code, new_run_id, skipped_preflight
 from .settling import Settling
+from .verifying import Verifying
+
+__all__ = ["RunOptions", "Supervisor", "exit_code"]
 
 RENEW_EVERY_MAX = 60.0
 REDACTED_TOKEN = "<claim-token>"  # what --dry-run shows for the token each claim makes
@@ -32,12 +35,13 @@ class NullProgress:
     def begin(self, supervisor: Supervisor) -> None: ...
     def started(self, attempt: Attempt) -> None: ...
     def finished(self, attempt: Attempt, entry: TaskEntry, retry: bool) -> None: ...
+    def landing(self, entry: TaskEntry, state: str, text: str) -> None: ...
     def note(self, text: str) -> None: ...
     def refresh(self, supervisor: Supervisor) -> None: ...
     def end(self, summary: dict) -> None: ...
 
 
-class Supervisor(Settling):
+class Supervisor(Settling, Verifying):
     """Runs one batch: preflight, then keeps `workers` agent processes busy until the batch is empty."""
 
     def __init__(self, queue: TaskQueue, options: RunOptions, progress: NullProgress | None = None,
@@ -86,6 +90,8 @@ class Supervisor(Settling):
             from .worktrees import Worktrees
 
             self.worktrees = Worktrees(self.options.project_dir, self.run_id)
+            if self.options.land is not None:
+                self._prepare_landing()
 
     def run(self, report: dict | None = None) -> dict:
         """Run the batch to its end (or a drain) and return the summary, also written to summary.json.
@@ -104,13 +110,14 @@ class Supervisor(Settling):
         self.progress.begin(self)
         restore = self._install_signals()
         try:
+            self._start_landing()
             while True:
                 if not self.draining:
                     self._fill()
                 if self._state_changed:  # once per round of exits and starts, after the replacements started
                     self._state_changed = False
                     self._write_state("running")
-                if not self.running:
+                if not self.running and self.exits.empty() and self._landing_done():
                     break
                 self._wait()
         finally:
@@ -120,6 +127,7 @@ class Supervisor(Settling):
                 self._stop_all("the supervisor failed")
                 while self.running:
                     self._wait()
+            self._stop_landing()
         status = "interrupted" if self.aborting else ("drained" if self.draining else "finished")
         summary = self.summary(status)
         try:
@@ -151,12 +159,13 @@ class Supervisor(Settling):
     def _fill(self) -> None:
         while len(self.running) < self.options.workers and not self.draining:
             candidates = self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()}
+            candidates -= self.landing_tasks
             if not candidates:
                 return
             slot = min(set(range(1, self.options.workers + 1)) - set(self.running))
             worker = f"w{slot}-{self._suffix}"
             try:
-                claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease)
+                claim = self.queue.claim_next(worker, ids=candidates, lease_seconds=self.lease, lands=self.land_branch)
             except NothingToClaim:
                 return
             except OSError as error:  # the claim made nothing (its record is dropped if the file write failed)
@@ -200,8 +209,12 @@ class Supervisor(Settling):
         )
         self.running[slot] = attempt
         try:
+            if self.land_branch is not None:
+                self._journal(task_id, stage="working")
             if self.worktrees is not None:
                 attempt.workdir = self.worktrees.open(task_id)
+                if task_id in self.worktrees.restarted:
+                    self.progress.note(f"{task_id}: {self.worktrees.restarted[task_id]}")
             self._spawn(attempt, claim)
         except BaseException as error:
             del self.running[slot]
@@ -232,6 +245,10 @@ class Supervisor(Settling):
         header = (f"# hypervisor run {self.run_id}: {attempt.worker} on {attempt.task_id}, attempt "
                   f"{attempt.number}, started {iso(attempt.started_at)} in {attempt.workdir}\n")  # fmt: skip
         spawn(attempt, argv, env, header)
+        self._watch(attempt)
+
+    def _watch(self, attempt: Attempt) -> None:
+        """From now: its timeout, its lease renewals, and a thread that reports its exit."""
         attempt.started = time.monotonic()
         attempt.deadline = attempt.started + self.options.timeout
         attempt.next_renewal = attempt.started + self.renew_every
@@ -291,11 +308,14 @@ class Supervisor(Settling):
         due += [a.next_renewal for a in self.running.values() if not a.claim_gone]
         wait = max(0.0, min([moment + 0.5, *due]) - moment)
         try:
-            attempt, code = self.exits.get(timeout=wait)
+            attempt, code, *rest = self.exits.get(timeout=wait)
         except queue_module.Empty:
             pass
         else:
-            self._finished(attempt, code)
+            if isinstance(attempt, str):  # what the landing thread reports
+                self._landing_event((attempt, code, *rest))
+            else:
+                self._finished(attempt, code)
         self._tick()
         self.progress.refresh(self)
 
@@ -352,14 +372,22 @@ class Supervisor(Settling):
         the run is over (`final`), those never started are `not_started` (they waited on dependencies that did
         not finish, or the run was drained)."""
         counts = {name: 0 for name in OUTCOMES}
+        counts.update({"held": 0} if self.land_branch is not None else {})
         for task_id in self.finished:
             counts[self.entries[task_id].status] += 1
-        waiting = len(self.eligible - self.finished - self.unclaimable - {a.task_id for a in self.running.values()})
+        waiting = len(
+            self.eligible
+            - self.finished
+            - self.unclaimable
+            - {a.task_id for a in self.running.values()}
+            - self.landing_tasks
+        )
         if final:
             counts["not_started"] = waiting
         else:
             counts["running"] = len(self.running)
             counts["pending"] = waiting
+        counts.update({"landing": len(self.landing_tasks)} if self.land_branch is not None else {})
         return counts
 
     def _write_state(self, status: str, required: bool = False) -> None:
@@ -388,6 +416,7 @@ class Supervisor(Settling):
             "counts": self.counts(final=status != "running"),
             "running": [attempt.view() for attempt in sorted(self.running.values(), key=lambda a: a.slot)],
             "tasks": [entry.to_json() for entry in self.entries.values()],
+            **({"land": self.land_view()} if self.land_branch is not None else {}),
             **({"error": self.error} if self.error else {}),
         })  # fmt: skip
 
@@ -404,16 +433,10 @@ class Supervisor(Settling):
             "isolation": self.options.isolation,
             "task_root": self.queue.store.root,
             "max_attempts": self.max_attempts,
-            "counts": {k: v for k, v in self.counts(final=True).items() if k != "not_started"},
+            "counts": {k: v for k, v in self.counts(final=True).items() if k not in ("not_started", "landing")},
             "workers": [entry.to_json() for entry in self.entries.values()],
             "skipped_preflight": skipped_preflight(report, set(self.entries), self.invalid),
             "reclaimed": self.reclaimed,
+            **({"land": self.land_view()} if self.land_branch is not None else {}),
             **({"error": self.error} if self.error else {}),
         }
-
-
-def exit_code(summary: dict) -> int:
-    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
-    if summary.get("status") == "interrupted":
-        return 130
-    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0

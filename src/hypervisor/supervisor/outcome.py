@@ -27,6 +27,8 @@ def decide(status: str, data: dict, claim: Claim | None, token: str,
         if data.get("blocked_reason") == rules.DEAD_LETTER_REASON:
             return "dead_letter", last_text(found, "dead_letter", "text") or reason, None
         return "blocked", reason, None
+    if status == "review" and last_text(found, "completed", "text") and last_text(found, "completed", "lands"):
+        return "review", last_text(found, "completed", "text") or "done", commit  # completed; done once landed
     if claim is not None:
         return "lost", f"the claim was taken over by {claim.caller} (the lease expired)", None
     if rules.is_status_claimable(status):

@@ -36,11 +36,14 @@ class Attempt:
         self.term_sent: float | None = None
         self.kill_sent = False
         self.claim_gone = False
+        self.phase = "agent"  # or "verify": the task's verify command in its worktree (--land)
+        self.verify: str | None = None
 
     def view(self) -> dict:
         return {"slot": self.slot, "worker": self.worker, "task_id": self.task_id, "title": self.title,
                 "attempt": self.number, "pid": self.proc.pid if self.proc else None,
-                "started_at": iso(self.started_at), "log": self.log}  # fmt: skip
+                "started_at": iso(self.started_at), "log": self.log,
+                **({"phase": self.phase} if self.phase != "agent" else {})}  # fmt: skip
 
 
 def spawn(attempt: Attempt, argv: list[str], env: dict[str, str], header: str) -> None:
@@ -100,10 +103,52 @@ def own_group(proc) -> int | None:
     return group if group == pid and group != os.getpgrp() else None
 
 
-def kill_leftovers(token: str) -> None:
+def run_to_end(argv: list[str], cwd: str, env: dict[str, str], log: str, header: str, timeout: float,
+               kill_grace: float, stop: threading.Event) -> tuple[int | None, str]:  # fmt: skip
+    """Run a command in a session of its own, its output appended to `log` after `header`; kill its process group
+    at `timeout` (or when `stop` is set): SIGTERM, then SIGKILL after `kill_grace`. (exit code, or None if killed;
+    its output)."""
+    with open(log, "ab", buffering=0) as handle:
+        handle.write(header.encode())
+        start = handle.tell()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    group = own_group(proc)
+    deadline, term_sent, killed = time.monotonic() + timeout, None, False
+    while True:
+        try:
+            code = proc.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        moment = time.monotonic()
+        if term_sent is None and (moment >= deadline or stop.is_set()):
+            _signal_group(proc, group, signal.SIGTERM)
+            term_sent, killed = moment, True
+        elif term_sent is not None and moment >= term_sent + kill_grace:
+            _signal_group(proc, group, signal.SIGKILL)
+    _signal_group(proc, group, signal.SIGKILL)  # whatever it left running in its group goes with it
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        output = handle.read().decode("utf-8", "replace")
+    return (None if killed else code), output
+
+
+def _signal_group(proc: subprocess.Popen, group: int | None, sig: int) -> None:
+    try:
+        if group is not None:
+            os.killpg(group, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_leftovers(token: str, variable: str = workers.ENV_CLAIM_TOKEN) -> None:
     """SIGKILL what a finished worker left running outside its process group (Claude Code runs every Bash command
-    in a session of its own): the processes whose environment holds its HYPERVISOR_CLAIM_TOKEN. Linux (/proc) only."""
-    needle = f"{workers.ENV_CLAIM_TOKEN}={token}".encode()
+    in a session of its own): the processes whose environment holds its HYPERVISOR_CLAIM_TOKEN (or another
+    `variable`=`token`). Linux (/proc) only."""
+    needle = f"{variable}={token}".encode()
     for _ in range(3):  # again, in case one forked while it was being found
         found = []
         try:

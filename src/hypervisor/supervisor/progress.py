@@ -54,6 +54,9 @@ class PlainProgress(NullProgress):
     def note(self, text: str) -> None:
         self._say(text)
 
+    def landing(self, entry: TaskEntry, state: str, text: str) -> None:
+        self._say(f"land {entry.task_id} {state}: {text}")
+
     def end(self, summary: dict) -> None:
         self._say(run_line(summary))
 

@@ -20,7 +20,8 @@ SUMMARY_SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "summary.schema.js
 # done / blocked (as its file says), triaged (the built-in triage set its assignee and released it, open),
 # released (the worker gave it back without an outcome), dead_letter (max_attempts reached), lost, interrupted.
 OUTCOMES = ("done", "triaged", "blocked", "released", "dead_letter", "lost", "interrupted")
-FAILED = ("dead_letter", "lost", "interrupted")
+FAILED = ("dead_letter", "lost", "interrupted", "held")  # held: --land could not move BRANCH
+LAND_COUNTS = ("held", "landing")  # with --land: verified but not landed, and in the landing queue now
 LIVE_COUNTS = ("running", "pending", "not_started")  # tasks of the batch without an outcome (yet)
 
 
@@ -36,7 +37,7 @@ def attempts_text(attempts: int, max_attempts: int | None) -> str:
 
 def counts_text(counts: dict, sep: str = ", ") -> str:
     """The non-zero counts of a run, in the order of OUTCOMES, then the tasks without an outcome."""
-    parts = [f"{name} {counts[name]}" for name in (*OUTCOMES, *LIVE_COUNTS) if counts.get(name)]
+    parts = [f"{name} {counts[name]}" for name in (*OUTCOMES, *LIVE_COUNTS, *LAND_COUNTS) if counts.get(name)]
     return sep.join(parts) or "no task was started"
 
 
@@ -66,6 +67,9 @@ class RunFolder:
     def log_path(self, task_id: str, attempt: int) -> str:
         return os.path.join(self.path, "logs", f"{task_id}.{attempt}.log")
 
+    def verify_log_path(self, task_id: str, attempt: int) -> str:
+        return os.path.join(self.path, "logs", f"{task_id}.{attempt}.verify.log")
+
     def write_state(self, state: dict) -> None:
         """The live view: atomic for readers but not fsync'd (it is rewritten on every start and exit)."""
         fsutil.atomic_write(self.state_path, (json.dumps(state, indent=1) + "\n").encode(), durable=False)
@@ -92,6 +96,11 @@ class TaskEntry:
         self.attempts = 0  # the task's own count (its file's `attempts:`), as last read or written
         self.logs: list[str] = []
         self.exit_codes: list[int | None] = []
+        self.verified: bool | None = None  # with --land: whether verify passed in the task's worktree
+        self.landed = False
+        self.landed_commit: str | None = None
+        self.conflict_files: list[str] = []
+        self.landing: str | None = None  # queued, verifying, merging, landed, reopened, held
 
     def to_json(self) -> dict:
         out = {"task_id": self.task_id, "title": self.title, "worker": self.worker, "status": self.status}
@@ -99,6 +108,10 @@ class TaskEntry:
         out.update(commit=self.commit, branch=self.branch, tokens=self.tokens, duration_s=round(self.duration_s, 3),
                    attempts=self.attempts, workers_started=len(self.logs), log=self.logs[-1] if self.logs else "",
                    logs=self.logs, exit_codes=self.exit_codes)  # fmt: skip
+        out.update(verified=self.verified, landed=self.landed, landed_commit=self.landed_commit,
+                   conflict_files=self.conflict_files)  # fmt: skip
+        if self.landing:
+            out["landing"] = self.landing
         return out
 
 
@@ -183,3 +196,10 @@ def _supervisor_alive(view: dict) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def exit_code(summary: dict) -> int:
+    """0: the batch ran; 1: a task was dead-lettered or lost, or a file could not be written; 130: interrupted."""
+    if summary.get("status") == "interrupted":
+        return 130
+    return 1 if summary.get("error") or any(entry["status"] in FAILED for entry in summary["workers"]) else 0

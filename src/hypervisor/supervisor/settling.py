@@ -26,15 +26,30 @@ class Settling:
         self.running.pop(attempt.slot, None)
         if attempt.pgid is not None:  # whatever the agent left running in its group goes with it
             send_signal(attempt, signal.SIGKILL)
+        if attempt.phase == "verify":  # the task's verify in its worktree (--land) ended
+            self._verified(attempt, code)
+            self._state_changed = True
+            return
         kill_leftovers(attempt.token)
         entry = self.entries[attempt.task_id]
         entry.exit_codes.append(code)
         entry.duration_s += time.monotonic() - attempt.started
         entry.tokens += self.agent.tokens(attempt.log)
-        self._close_worktree(attempt, entry)
+        landing = self.land_branch is not None
+        self._close_worktree(attempt, entry, keep=landing)
         status, text, commit = self._outcome(attempt)
         if commit and not entry.commit:
             entry.commit = commit
+        if landing and status == "review" and not self.aborting:  # completed: done once verified and landed
+            self._agent_passed(attempt, entry, text)
+            self._state_changed = True
+            return
+        if landing:
+            self._remove_worktree(attempt)
+            if status == "review":  # interrupted: it stays in review, and the next run with --land lands it
+                status, text = "interrupted", f"{text}; completed but not landed (run interrupted)"
+            else:
+                self.journal.remove(attempt.task_id)
         retry = False
         if status == "unfinished":
             why = attempt.kill_reason or describe_exit(code)
@@ -111,11 +126,16 @@ class Settling:
         if final:
             self.finished.add(entry.task_id)
 
-    def _close_worktree(self, attempt: Attempt, entry: TaskEntry) -> None:
+    def _close_worktree(self, attempt: Attempt, entry: TaskEntry, keep: bool = False) -> None:
+        """Commit what the worker left; remove the worktree unless `keep` (verify runs in it first)."""
         if self.worktrees is None:
             return
         try:
-            branch, head = self.worktrees.close(attempt.task_id, attempt.worker)
+            if keep:
+                head = self.worktrees.commit_leftovers(attempt.task_id, attempt.worker)
+                branch = self.worktrees.branch(attempt.task_id) if head else None
+            else:
+                branch, head = self.worktrees.close(attempt.task_id, attempt.worker)
         except HypervisorError as error:
             self.progress.note(f"{attempt.task_id}: worktree: {error}")
             return

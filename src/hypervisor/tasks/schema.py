@@ -39,6 +39,18 @@ def task_schema() -> dict:
             "blocked_reason": {"type": "string"},
             "created_by": {"type": "string", "minLength": 1},  # who filed it (create_task's caller)
             "discovered_from": {"type": "string", "pattern": rules.TASK_ID_PATTERN, "not": {"pattern": r"\.\."}},
+            "verify": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": "^[^\\n]*$",
+                "description": "A shell command run in the task's worktree (exit 0 passes); overrides verify: "
+                "in .hypervisor.yaml (hypervisor run --land)",
+            },
+            "landed_commit": {
+                "type": "string",
+                "pattern": "^[0-9a-fA-F]{4,64}$",
+                "description": "The commit of the landing branch that holds the task's work",
+            },
         },
         "additionalProperties": True,
     }
