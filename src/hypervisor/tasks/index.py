@@ -162,7 +162,8 @@ class TaskIndex:
                 raise
             self._to_memory()
             self._apply(self.db, rows, deleted, walked_at)
-        self.writes += 1
+        if rows or deleted:  # a walk that changed no row leaves what was read from the index (and cached) valid
+            self.writes += 1
 
     @classmethod
     def _apply(cls, db: sqlite3.Connection, rows: list[Row], deleted: list[str], walked_at: float | None) -> None:

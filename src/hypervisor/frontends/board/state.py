@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING
 
 from ...claims import views
 from ...core import fsutil, rules
 from ...core.errors import HypervisorError
-from ...core.timeutil import iso, now, parse_iso
 from ...supervisor import runs
 from ...supervisor.agents import tokens_in_log
 
@@ -20,7 +18,6 @@ if TYPE_CHECKING:
 COLUMNS = ("ready", "waiting", "in_progress", "blocked", "review", "done")
 COLUMN_TITLES = {"ready": "Ready", "waiting": "Waiting on dependencies", "in_progress": "In progress",
                  "blocked": "Blocked", "review": "Review", "done": "Done"}  # fmt: skip
-CARD_FIELDS = ("id", "title", "status", "priority", "project", "assignee", "attempts", "depends_on", "modified")
 RECENT_RUNS = 5
 SCHEMA_VERSION = 1
 
@@ -67,11 +64,12 @@ def queue_state(queue: TaskQueue) -> dict:
     cards = []
     for summary in valid:
         claim = live.get(summary["id"])
-        card = {name: summary.get(name) for name in CARD_FIELDS}
-        card["column"] = column_of(summary, status_of, claim is not None)
+        card = dict(summary)  # every field of the store's summary (a copy: the store caches its own)
+        card["column"] = column = column_of(summary, status_of, claim is not None)
         card["claimed_by"] = claim.caller if claim is not None else None
-        card["waiting_on"] = (rules.blocking_dependencies(summary["depends_on"], status_of)
-                              if card["column"] == "waiting" else [])  # fmt: skip
+        card["waiting_on"] = (
+            rules.blocking_dependencies(summary["depends_on"], status_of) if column == "waiting" else []
+        )
         cards.append(card)
     done = sorted((c for c in cards if c["column"] == "done"), key=lambda c: c["modified"] or "", reverse=True)
     cards = [c for c in cards if c["column"] != "done"] + done
@@ -99,23 +97,17 @@ def live_run(queue: TaskQueue, count_tokens: TokenCounter) -> dict | None:
         view = runs.load_run(state)
     except HypervisorError:
         return None
-    moment = now()
     entries = {entry.get("task_id"): entry for entry in view.get("tasks", []) if isinstance(entry, dict)}
     workers = []
     for attempt in view.get("running", []) if view.get("status") == "running" else []:
         task_id = attempt.get("task_id")
         entry = entries.get(task_id, {})
         log = attempt.get("log") or ""
-        try:
-            elapsed = max(0.0, moment - parse_iso(attempt["started_at"]))
-        except (KeyError, TypeError, ValueError):
-            elapsed = None
         activity = views.activity(queue, task_id) if rules.is_task_id(task_id) else None
         landing = attempt.get("landing", entry.get("landing"))
         workers.append({
             "worker": attempt.get("worker"), "task_id": task_id, "title": attempt.get("title"),
             "attempt": attempt.get("attempt"), "started_at": attempt.get("started_at"),
-            "elapsed_s": None if elapsed is None else round(elapsed, 1),
             "last_call": (activity or {}).get("last_call"), "files": (activity or {}).get("files", []),
             "calls": (activity or {}).get("calls", 0), "tokens": count_tokens(log) if log else 0,
             "log_url": log_url(state, log) if log else None, **({"landing": landing} if landing is not None else {}),
@@ -162,11 +154,9 @@ def recent_runs(state: str, limit: int = RECENT_RUNS) -> list[dict]:
 
 def board_state(queue: TaskQueue, count_tokens: TokenCounter | None = None) -> dict:
     """Everything the page shows (the page renders from this and nothing else)."""
-    started = time.perf_counter()
-    result = {"schema": SCHEMA_VERSION, "generated_at": iso(now()), "task_root": queue.store.root,
+    result = {"schema": SCHEMA_VERSION, "task_root": queue.store.root,
               "columns": [{"id": name, "title": COLUMN_TITLES[name]} for name in COLUMNS]}  # fmt: skip
     result.update(queue_state(queue))
     result["run"] = live_run(queue, count_tokens or TokenCounter())
     result["runs"] = recent_runs(queue.store.state)
-    result["build_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result

@@ -10,7 +10,6 @@ from ...core import rules
 from ...core.errors import TaskNotFound
 from ...supervisor import runs
 from .render import body_html
-from .state import CARD_FIELDS
 
 if TYPE_CHECKING:
     from ...claims.queue import TaskQueue
@@ -57,8 +56,7 @@ def task_page(queue: TaskQueue, task_id: str) -> dict:
     summary, doc = queue.store.read(summary)
     events = [event for event in queue.events() if event.get("task") == task_id]
     return {
-        "task": {**{name: summary.get(name) for name in CARD_FIELDS}, "tags": summary["tags"],
-                 "scope": summary["scope"], "created": summary["created"], "path": summary["path"]},
+        "task": dict(summary),
         "body_html": body_html(doc.body),
         "claim": views.claim_view(queue, task_id),
         "activity": views.activity(queue, task_id),

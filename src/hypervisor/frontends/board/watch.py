@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ...core.errors import HypervisorError, storage_error
+from ...core.timeutil import iso, now
 from ...supervisor import runs
 from .state import TokenCounter, board_state
 
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from ...claims.queue import TaskQueue
 
 POLL_SECONDS = 0.5  # a cheap look (folder and a few file stamps) this often
-FULL_SECONDS = 5.0  # a full rebuild this often whatever the look says: catches a file edited in place
-VOLATILE = ("generated_at", "build_ms")  # what changes on every build and is no change to show
+WALK_SECONDS = 5.0  # a walk of the store this often (a file edited in place changes no folder), rebuilt if it changed
+FULL_SECONDS = 30.0  # a rebuild this often whatever the looks say: a lease that expired changes no file
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -63,22 +64,14 @@ def fingerprint(root: str, state: str, watched: list[str]) -> tuple:
     return (tuple(folders), tuple(journal), tuple(run_ids[-1:]), tuple(_stamp(p) for p in files + watched))
 
 
-def digest(state: dict) -> str:
-    """A digest of what the page would show: the state without its build stamps and the running workers' elapsed
-    time (the page counts that itself)."""
-    shown = {key: value for key, value in state.items() if key not in VOLATILE}
-    if shown.get("run"):
-        shown["run"] = {**shown["run"], "workers": [{k: v for k, v in worker.items() if k != "elapsed_s"}
-                                                    for worker in shown["run"]["workers"]]}  # fmt: skip
-    return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class Watcher:
     """The one built state and its version; the store is read on one thread of its own (the index's SQLite)."""
 
-    def __init__(self, queue: TaskQueue, poll: float = POLL_SECONDS, full: float = FULL_SECONDS) -> None:
+    def __init__(self, queue: TaskQueue, poll: float = POLL_SECONDS, walk: float = WALK_SECONDS,
+                 full: float = FULL_SECONDS) -> None:  # fmt: skip
         self.queue = queue
         self.poll = poll
+        self.walk = walk
         self.full = full
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-reader")
         self.version = 0
@@ -87,7 +80,7 @@ class Watcher:
         self.error: str | None = None
         self._digest = ""
         self._print = None
-        self._built_at = float("-inf")
+        self._built_at = self._walked_at = float("-inf")
         self._watched: list[str] = []
         self._tokens = TokenCounter()
         self._changed: asyncio.Condition | None = None
@@ -97,36 +90,47 @@ class Watcher:
         return await asyncio.get_running_loop().run_in_executor(self.reader, function, *args)
 
     def _build(self) -> bool:
-        """Build the state now; whether what it shows changed."""
+        """Build the state now; whether what it shows changed (a digest of it, without its build stamps)."""
+        started = time.perf_counter()
         try:
             state = board_state(self.queue, self._tokens)
             self.error = None
         except (HypervisorError, OSError) as error:
             self.error = str(storage_error(error) if isinstance(error, OSError) else error)
             state = {"schema": 1, "error": self.error, "tasks": [], "run": None, "runs": []}
-        self._built_at = time.monotonic()
+        self._built_at = self._walked_at = time.monotonic()
         run = state.get("run") or {}
         logs = os.path.join(self.queue.store.state, runs.RUNS_DIR, run.get("run_id") or "", "logs")
         self._watched = [os.path.join(logs, worker["log_url"].rsplit("/", 1)[1])
                          for worker in run.get("workers", []) if worker.get("log_url")]  # fmt: skip
-        new = digest(state)
+        shown = json.dumps(state, ensure_ascii=False).encode()
+        new = hashlib.sha256(shown).hexdigest()
         changed = new != self._digest
         if changed:
             self._digest = new
             self.version += 1
             self.etag = f'"{self.version}"'
-        state["version"] = self.version
-        self.body = json.dumps(state, ensure_ascii=False).encode()
+        stamps = {"version": self.version, "generated_at": iso(now()),
+                  "build_ms": round((time.perf_counter() - started) * 1000, 1)}  # fmt: skip
+        self.body = json.dumps(stamps).encode()[:-1] + b", " + shown[1:]  # one object: the stamps, then the state
         return changed
 
     def _look(self) -> bool:
-        """A cheap look; a build when it shows a change or a full rebuild is due. Whether the state changed."""
+        """A cheap look, and a build when it shows a change; a walk of the store or a rebuild when one is due.
+        Whether the state changed."""
         store = self.queue.store
         seen = fingerprint(store.root, store.state, self._watched)
-        if seen == self._print and time.monotonic() - self._built_at < self.full:
-            return False
-        self._print = seen
-        return self._build()
+        moment = time.monotonic()
+        if seen != self._print or moment - self._built_at >= self.full:
+            self._print = seen
+            return self._build()
+        if moment - self._walked_at >= self.walk:
+            self._walked_at = moment
+            before = store.index.version()
+            store.refresh()
+            if store.index.version() != before:
+                return self._build()
+        return False
 
     async def start(self) -> None:
         self._changed = asyncio.Condition()
