@@ -183,6 +183,7 @@ def test_the_board_follows_a_real_run_live_in_a_real_browser(root, tmp_path, chr
 
                 page.goto(f"{url}task/slow")
                 page.locator("#task-events tbody tr").first.wait_for()
+                page.locator("#task-log", has_text="edit-wait-complete").wait_for()  # the latest log's end, inline
                 events = page.locator("#task-events").inner_text()
                 assert "claimed" in events and "completed" in events, events
                 log_link = page.locator('#task-logs a[href^="/logs/"]').first

@@ -210,9 +210,17 @@ function renderTask(data) {
     activity ? ` · ${activity.calls} tool call(s), last ${activity.last_call ? activity.last_call.tool : "-"}; files: ${(activity.files || []).join(", ") || "-"}` : "")] : []));
   // the server rendered the markdown with every piece of the file's own HTML escaped
   document.getElementById("task-body").innerHTML = data.body_html;
+  const latest = data.logs[data.logs.length - 1];
+  const tail = el("pre", { id: "task-log", class: "log" });
   document.getElementById("task-logs").replaceChildren(el("h3", { text: "Worker logs" }), data.logs.length
     ? el("ul", {}, data.logs.map((l) => el("li", {}, el("a", { href: l.url, text: `run ${l.run_id}, attempt ${l.attempt}` }), ` (${l.size} bytes)`)))
-    : el("p", { class: "muted", text: "None." }));
+    : el("p", { class: "muted", text: "None." }), latest ? tail : null);
+  if (latest) {
+    // the latest log's end, as text
+    fetch(latest.url, { cache: "no-store" }).then((answer) => answer.ok ? answer.text() : "").then((text) => {
+      tail.textContent = text.length > 20000 ? "[...]\n" + text.slice(-20000) : text;
+    }).catch(() => {});
+  }
   const events = data.events.slice().reverse().map((e) => {
     const { ts, event, task: _task, ...rest } = e;
     return el("tr", {}, el("td", { text: ts }), el("td", { text: event }), el("td", { text: JSON.stringify(rest) }));
