@@ -206,6 +206,17 @@ class TaskIndex:
         loads = json.loads
         return [loads(row[0]) for row in self.db.execute(sql, tuple(params))]
 
+    def entries_reusing(self, known: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+        """Every decoded entry by path, decoding only the rows whose text `known` (row text -> its entry, from the
+        last call) does not hold: after a change to a few files of many, only those are decoded. Also the new map.
+        Entries are shared between calls: they are read, never changed."""
+        loads = json.loads
+        fresh: dict[str, dict] = {}
+        for (data,) in self.db.execute("SELECT data FROM files ORDER BY rel"):
+            entry = known.get(data)
+            fresh[data] = loads(data) if entry is None else entry
+        return list(fresh.values()), fresh
+
     def with_id(self, task_id: str) -> list[dict]:
         """The valid entries holding `task_id` (more than one: duplicates)."""
         return self.entries("id = ? AND invalid = 0", (task_id,))
