@@ -67,10 +67,10 @@ def _answers(url: str, headers: dict | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def board(root: Path, *args: str, headers: dict | None = None) -> Iterator[str]:
-    """A real `hypervisor board` process on a free port; its URL once it answers. Stopped with SIGINT (Ctrl-C) on
-    leaving, which must end it cleanly (exit 0) and take its board.json away."""
-    proc = subprocess.Popen([*HYPERVISOR, "board", "--tasks", str(root), "--port", "0", *args], env=cli_env(),
+def board(root: Path, *args: str, headers: dict | None = None, port: int = 0) -> Iterator[str]:
+    """A real `hypervisor board` process (on a free port unless `port`); its URL once it answers. Stopped with
+    SIGINT (Ctrl-C) on leaving, which must end it cleanly (exit 0) and take its board.json away."""
+    proc = subprocess.Popen([*HYPERVISOR, "board", "--tasks", str(root), "--port", str(port), *args], env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line: list[str] = []
@@ -204,6 +204,31 @@ def test_the_board_follows_a_real_run_live_in_a_real_browser(root, tmp_path, chr
     print(f"screenshots in {shots}")
 
 
+def test_the_page_reconnects_by_itself_when_the_board_comes_back(root, chromium, cpu_hog):
+    from playwright.sync_api import sync_playwright
+
+    write_task(root, "a", title="First")
+    write_task(root, "b", title="Second")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.set_default_timeout(WAIT * 1000)
+        with board(root) as url:
+            page.goto(url)
+            page.locator('#connection[data-state="live"]').wait_for()
+            page.locator("#column-ready #card-a").wait_for()
+            page.evaluate("window.__noReload = 7")
+        page.locator('#connection:not([data-state="live"])').wait_for()  # the board is gone
+        (root / "a.md").write_text("---\ntitle: First\nstatus: done\n---\nDone while the board was away.\n")
+        with board(root, port=urlsplit(url).port):
+            page.locator('#connection[data-state="live"]').wait_for()
+            page.locator("#column-done #card-a").wait_for()
+            (root / "b.md").write_text("---\ntitle: Second\nstatus: blocked\n---\nBlocked now.\n")
+            page.locator("#column-blocked #card-b").wait_for()
+            assert page.evaluate("window.__noReload") == 7
+        browser.close()
+
+
 # -- the HTTP edge -----------------------------------------------------------------------------------------------
 def test_a_host_beyond_loopback_needs_a_token_and_the_refusal_offers_one(root):
     write_task(root, "a", title="A")
@@ -238,6 +263,9 @@ def test_a_token_is_checked_on_every_route(root):
         assert "httponly" in headers["set-cookie"].lower()
         assert get(url, "/task/a", {"cookie": cookie})[0] == 200
         assert get(url, "/api/state", {"cookie": cookie})[0] == 200
+        # a second board on the same port: refused, naming the address and what to do
+        taken = run_cli("board", "--tasks", str(root), "--port", str(urlsplit(url).port), check=2)
+        assert f"127.0.0.1:{urlsplit(url).port}" in taken.stderr and "--port 0" in taken.stderr, taken.stderr
 
 
 def test_the_board_changes_nothing_and_serves_nothing_outside_its_folders(root, tmp_path):
@@ -283,6 +311,9 @@ def test_the_board_changes_nothing_and_serves_nothing_outside_its_folders(root, 
             for path in ("/api/state", "/api/task/b", "/task/b", "/"):
                 assert get(url, path, method=method)[0] == 405, (method, path)
         assert get(url, "/", {"host": "attacker.example"})[0] == 403  # DNS rebinding: a foreign Host is refused
+        assert get(url, "/", {"host": "attacker.example:80"})[0] == 403
+        assert get(url, "/", {"host": "localhost:1234"})[0] == 200
+        assert get(url, "/", {"host": "[::1]:1234"})[0] == 200
     assert {p: p.read_bytes() for p in root.glob("*.md") if not p.is_symlink()} == before
 
 

@@ -14,7 +14,7 @@ from .cli import context_for, tasks_option
               help="Port to serve on (0: a free one; the printed URL names it).")  # fmt: skip
 @click.option("--token", metavar="T", envvar="HYPERVISOR_BOARD_TOKEN",
               help="A password every request must carry (?token=T once, then a cookie; or the header "
-              "X-Hypervisor-Token). Needed for a --host other than loopback.")  # fmt: skip
+              "X-Hypervisor-Token). Needed for a --host other than loopback. Default: HYPERVISOR_BOARD_TOKEN.")  # fmt: skip
 @tasks_option
 def board(host, port, token, tasks) -> None:
     """Serve a live, read-only web page of the queue and the running batch.
@@ -26,6 +26,8 @@ def board(host, port, token, tasks) -> None:
     tokens so far; worker logs, events and the last runs' summaries. The page
     updates itself (server-sent events, with a poll as fallback). Nothing on it
     changes a task. GET /api/state returns what the page shows, as JSON.
+    It prints its URL when it answers; `hypervisor run` prints it too. Ctrl-C
+    stops it.
 
     \b
     Examples:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from ...core.errors import HypervisorError, storage_error
 from ...supervisor import runs
+from .serve import is_loopback
 from .taskpage import inside, task_page
 from .watch import Watcher
 
@@ -38,7 +39,6 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]  # fmt: skip
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _static(name: str) -> bytes:
@@ -204,10 +204,9 @@ class Guard:
         if request.method not in ("GET", "HEAD"):
             return PlainTextResponse("405: the board is read-only\n", status_code=405, headers={"allow": "GET, HEAD"})
         if self.token is None:
-            host = host_name(request.headers.get("host", ""))
-            if host not in LOOPBACK_NAMES:
-                return PlainTextResponse("403: this board answers only to 127.0.0.1 and localhost (start it with "
-                                         "--token to reach it by another name)\n", status_code=403)  # fmt: skip
+            if not is_loopback(host_name(request.headers.get("host", ""))):
+                return PlainTextResponse("403: without a token this board answers only to a loopback address or "
+                                         "localhost (start it with --token to reach it by another name)\n", status_code=403)  # fmt: skip
             return None
         auth = request.headers.get("authorization", "")
         given = (request.headers.get(TOKEN_HEADER) or (auth[7:] if auth.lower().startswith("bearer ") else None)

@@ -96,7 +96,10 @@ def live_run(queue: TaskQueue, count_tokens: TokenCounter) -> dict | None:
     try:
         view = runs.load_run(state)
     except HypervisorError:
-        return None
+        return None  # no run yet
+    except (OSError, ValueError) as error:  # a damaged run.json: said on the page, the queue still shown
+        return {"run_id": None, "status": "unreadable", "error": str(error), "workers": [], "finished": [],
+                "counts": {}, "tokens": 0}  # fmt: skip
     entries = {entry.get("task_id"): entry for entry in view.get("tasks", []) if isinstance(entry, dict)}
     workers = []
     for attempt in view.get("running", []) if view.get("status") == "running" else []:

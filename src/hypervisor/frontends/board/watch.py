@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -140,7 +141,13 @@ class Watcher:
         """Look every `poll` seconds until cancelled; wake the event streams on each change."""
         while True:
             await asyncio.sleep(self.poll)
-            if await self.read(self._look):
+            try:
+                changed = await self.read(self._look)
+            except Exception as error:  # noqa: BLE001 - one bad look must not stop the board's updates
+                print(f"hypervisor board: reading the store failed ({type(error).__name__}: {error}); "
+                      "trying again", file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            if changed:
                 async with self._changed:
                     self._changed.notify_all()
 
