@@ -75,7 +75,8 @@ class Watcher:
         self.walk = walk
         self.full = full
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-reader")
-        self.version = 0
+        # versions go on from the start time (ms): a page that outlived a restart of the board sees a new one
+        self.version = time.time_ns() // 1_000_000
         self.body = b"{}"
         self.etag = '"0"'
         self.error: str | None = None

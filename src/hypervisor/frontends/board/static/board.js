@@ -264,7 +264,10 @@ function connect() {
     return null;
   }
   const stream = new EventSource("/api/events");
-  stream.addEventListener("open", () => setConnection("live"));
+  stream.addEventListener("open", () => {
+    setConnection("live");
+    refresh(); // (re)connected: whatever changed while the stream was down
+  });
   stream.addEventListener("error", () => setConnection(stream.readyState === EventSource.CLOSED ? "polling" : "reconnecting"));
   stream.addEventListener("state", (message) => {
     setConnection("live");
