@@ -3,7 +3,7 @@
 
 Each sets itself up first: a virtual environment in .venv with the pinned dependencies of requirements.lock.
 Needs only Python 3.10+, pip and npm (the real-CLI tests install Claude Code and Gemini CLI); `test` also installs
-Debian's redis-server when it is missing and it runs as root. Exits with the status of what it ran.
+Debian's redis-server and chromium when they are missing and it runs as root. Exits with the status of what it ran.
 """
 
 from __future__ import annotations
@@ -76,30 +76,38 @@ def demo() -> None:
     sys.exit(code)
 
 
-def ensure_redis_server() -> None:
-    """The Redis backend's tests start their own redis-server: install Debian's package if it is missing.
-
-    Needs root and apt-get (as on CI); elsewhere says what to install. Never skipped: without it those tests fail."""
-    if shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server"):
+def ensure_debian_package(binary: str, package: str, why: str) -> None:
+    """Install Debian's `package` when `binary` is missing (root and apt-get, as on CI); elsewhere say what to
+    install. Never skipped: without it the tests that need it fail."""
+    if shutil.which(os.path.basename(binary)) or os.path.exists(binary):
         return
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        say(
-            "redis-server is missing and cannot be installed from here (needs root and apt-get): install it "
-            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), or the Redis tests fail"
-        )
+        say(f"{binary} is missing and cannot be installed from here (needs root and apt-get): install it "
+            f"(Debian/Ubuntu: apt-get install {package}), or {why} fail")  # fmt: skip
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    command = [apt, "install", "-y", "--no-install-recommends", "redis-server"]
-    say("installing Debian's redis-server for the Redis backend tests")
+    command = [apt, "install", "-y", "--no-install-recommends", package]
+    say(f"installing Debian's {package}: {why} need it")
     if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
         run(apt, "update", env=env)
         run(*command, env=env)
 
 
+def ensure_redis_server() -> None:
+    """The Redis backend's tests start their own redis-server."""
+    ensure_debian_package("/usr/bin/redis-server", "redis-server", "the Redis backend tests")
+
+
+def ensure_chromium() -> None:
+    """The board's tests drive Debian's chromium through Playwright (its own browser download is not used)."""
+    ensure_debian_package("/usr/bin/chromium", "chromium", "the board's browser tests (tests/test_board.py)")
+
+
 def test(pytest_args: list[str]) -> None:
     """The whole test suite."""
     ensure_redis_server()
+    ensure_chromium()
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
     sys.exit(result.returncode)

@@ -6,6 +6,8 @@ BEHAVIOUR `task` reads it from the task's own frontmatter field `script:` (e.g. 
   block                 block it with a reason
   sleep-complete SECS   sleep, then complete
   wait-complete FILE    wait until FILE exists (the test creates it when it is done looking), then complete
+  edit-wait-complete FILE  as a model would: stream an assistant message with its token usage and journal an
+                        edit (what the hooks record), then wait-complete FILE (the board's browser test)
   hang                  sleep for an hour (the supervisor's timeout must end it)
   crash                 SIGKILL itself mid-task
   write-file NAME       write NAME in the working folder, then complete (worktree tests)
@@ -14,6 +16,7 @@ BEHAVIOUR `task` reads it from the task's own frontmatter field `script:` (e.g. 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +42,14 @@ def main() -> None:
         return
     if behaviour == "sleep-complete":
         time.sleep(float(arg))
+    elif behaviour == "edit-wait-complete":
+        from hypervisor.claims import workers
+
+        usage = {"input_tokens": 1200, "output_tokens": 34}
+        print(json.dumps({"type": "assistant", "message": {"id": "m1", "usage": usage}}), flush=True)
+        workers.record_call(queue.store.state, task_id, token, "Edit", ["src/board_demo.py"], False)
+        while not os.path.exists(arg):
+            time.sleep(0.02)
     elif behaviour == "wait-complete":
         while not os.path.exists(arg):
             time.sleep(0.02)

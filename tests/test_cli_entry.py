@@ -14,7 +14,7 @@ from click.utils import _make_default_short_help
 from conftest import run_cli, write_task
 
 from hypervisor import __version__
-from hypervisor.frontends import cli_claims, cli_help, cli_new, cli_run, cli_tasks
+from hypervisor.frontends import cli_board, cli_claims, cli_help, cli_new, cli_run, cli_tasks
 from hypervisor.frontends.cli import cli
 from hypervisor.frontends.cli_entry import COMMANDS, HELP_FILE
 
@@ -52,7 +52,7 @@ def within(modules: set[str], packages: tuple[str, ...]) -> list[str]:
 def real_commands() -> dict[str, tuple[str, click.Command]]:
     """Every click command the command modules define: name -> (table target, command)."""
     found = {}
-    for module in (cli_claims, cli_new, cli_run, cli_tasks):
+    for module in (cli_board, cli_claims, cli_new, cli_run, cli_tasks):
         for attribute, value in vars(module).items():
             if isinstance(value, click.Command):
                 found[value.name] = (f".{module.__name__.rsplit('.', 1)[1]}:{attribute}", value)

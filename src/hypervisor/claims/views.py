@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..core import rules
 from ..core.errors import storage_error
 from ..core.timeutil import iso, now
-from . import recovery
+from . import recovery, workers
 
 if TYPE_CHECKING:
     from ..tasks.task import InvalidEntry, TaskSummary
@@ -55,6 +55,15 @@ def claim_view(queue: TaskQueue, task_id: str) -> dict | None:
         "live": not claim.expired(now()),
         "attempts": claim.attempts,
     }
+
+
+def activity(queue: TaskQueue, task_id: str) -> dict | None:
+    """What the holder of a task's claim has done so far (tool calls, files edited, the last call, from the hooks'
+    journal), or None when the task has no claim record. The claim's token never leaves this function."""
+    claim = queue.read_claim(task_id)
+    if claim is None:
+        return None
+    return workers.journal_activity(queue.store.state, task_id, claim.token)
 
 
 def stats(queue: TaskQueue, by_project: bool = False) -> dict:

@@ -124,6 +124,32 @@ def journal_summary(state: str, task_id: str, token: str) -> tuple[list[str], in
     return sorted(files), calls
 
 
+def journal_activity(state: str, task_id: str, token: str) -> dict:
+    """What a claim holder has done so far, from its journal: tool calls, files edited (sorted), the last call."""
+    files: set[str] = set()
+    calls = 0
+    last: dict | None = None
+    try:
+        with open(_journal_path(state, task_id, token), encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = lightjson.loads(line)
+                except (ValueError, RecursionError):
+                    continue  # a line cut short by a crash mid-append
+                if not isinstance(entry, dict):
+                    continue
+                calls += 1
+                last = entry
+                if not entry.get("failed"):
+                    files.update(name for name in entry.get("files") or () if isinstance(name, str))
+    except FileNotFoundError:
+        pass
+    shown = None
+    if last is not None:
+        shown = {"tool": str(last.get("tool", "")), "at": last.get("ts"), "failed": bool(last.get("failed"))}
+    return {"calls": calls, "files": sorted(files), "last_call": shown}
+
+
 def drop_journal(state: str, task_id: str, token: str) -> None:
     try:
         os.unlink(_journal_path(state, task_id, token))

@@ -27,6 +27,7 @@ class Entry:
 
 COMMANDS = {
     "block": Entry(".cli_claims:block", "Mark your claimed task ID blocked with a reason."),
+    "board": Entry(".cli_board:board", "Serve a live, read-only web page of the queue and the running batch."),
     "claim": Entry(".cli_claims:claim", "Claim task ID, or the next ready task."),
     "complete": Entry(".cli_claims:complete", "Mark your claimed task ID done and log the summary in its body."),
     "init": Entry(

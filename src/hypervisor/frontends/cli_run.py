@@ -110,7 +110,8 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, land,
     skipped; a task whose dependencies finish during the run does run.
     Ctrl-C drains (no new tasks; running workers finish); a second Ctrl-C stops
     the workers and releases their tasks. Logs and run.json/summary.json are
-    kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them.
+    kept in <task root>/.hypervisor/runs/<run-id>/; `hypervisor status` reads them,
+    and `hypervisor board` shows the run live in a browser (the run prints its URL).
 
     A file that cannot be written (a full, read-only or failing disk) stops new
     claims; the running workers finish, and the run ends with its summary and
@@ -161,6 +162,7 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, land,
         emit_json(report) if as_json else print_preflight(report)
         click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
         sys.exit(3)
+    _point_at_board(ctx.store.state)
     summary = supervisor.run(report)
     if as_json:
         emit_json(summary)
@@ -180,6 +182,15 @@ def _print_first_worker(first: dict) -> None:
     click.echo("  environment (added to the supervisor's; each claim makes its own token):")
     for name, value in first["env"].items():
         click.echo(f"    {name}={value}")
+
+
+def _point_at_board(state: str) -> None:
+    """Name the board serving this task root, if one runs (on stderr: --json's stdout stays JSON)."""
+    from .board.registry import running_board
+
+    url = running_board(state)
+    if url:
+        click.echo(f"hypervisor: this run is live on the board: {url}", err=True)
 
 
 def _print_summary(summary: dict, path: str) -> None:

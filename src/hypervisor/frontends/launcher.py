@@ -14,7 +14,18 @@ import subprocess
 import sys
 import time
 
-MODULES = ("yaml", "click", "jsonschema", "rich", "mcp", "redis")
+MODULES = (
+    "yaml",
+    "click",
+    "jsonschema",
+    "rich",
+    "mcp",
+    "redis",
+    "starlette",
+    "uvicorn",
+    "sse_starlette",
+    "markdown_it",
+)
 CHECK = f"import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in {MODULES!r}) else 1)"
 STAMP = ".hypervisor-complete"
 

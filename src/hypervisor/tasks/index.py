@@ -162,7 +162,8 @@ class TaskIndex:
                 raise
             self._to_memory()
             self._apply(self.db, rows, deleted, walked_at)
-        self.writes += 1
+        if rows or deleted:  # a walk that changed no row leaves what was read from the index (and cached) valid
+            self.writes += 1
 
     @classmethod
     def _apply(cls, db: sqlite3.Connection, rows: list[Row], deleted: list[str], walked_at: float | None) -> None:
@@ -204,6 +205,17 @@ class TaskIndex:
         sql = "SELECT data FROM files" + (f" WHERE {where}" if where else "") + f" ORDER BY {order}"
         loads = json.loads
         return [loads(row[0]) for row in self.db.execute(sql, tuple(params))]
+
+    def entries_reusing(self, known: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+        """Every decoded entry by path, decoding only the rows whose text `known` (row text -> its entry, from the
+        last call) does not hold: after a change to a few files of many, only those are decoded. Also the new map.
+        Entries are shared between calls: they are read, never changed."""
+        loads = json.loads
+        fresh: dict[str, dict] = {}
+        for (data,) in self.db.execute("SELECT data FROM files ORDER BY rel"):
+            entry = known.get(data)
+            fresh[data] = loads(data) if entry is None else entry
+        return list(fresh.values()), fresh
 
     def with_id(self, task_id: str) -> list[dict]:
         """The valid entries holding `task_id` (more than one: duplicates)."""

@@ -52,6 +52,7 @@ class TaskStore:
         self._refreshed_at = float("-inf")
         self._summaries: tuple[tuple[int, int], list[TaskSummary], list[InvalidEntry]] | None = None
         self._duplicated: tuple[tuple[int, int], set[str]] | None = None
+        self._decoded: dict[str, dict] = {}  # index row text -> its decoded entry, from the last `summaries`
 
     # -- state folder -------------------------------------------------------------------------------------------
     def ensure_state(self) -> str:
@@ -204,7 +205,8 @@ class TaskStore:
         valid: dict[str, TaskSummary] = {}
         invalid: list[InvalidEntry] = []
         duplicates: dict[str, list[str]] = {}
-        for entry in self.index.entries():
+        entries, self._decoded = self.index.entries_reusing(self._decoded)
+        for entry in entries:
             if "error" in entry:  # is_invalid, inline: this loop runs over every file
                 invalid.append(entry)
                 continue
