@@ -542,7 +542,7 @@ def test_stats_json_shape_and_usage_errors(tmp_path: Path) -> None:
     assert run(batch, "--stats", "--batch", "3").returncode == 2
     (batch / "bad-rules.yaml").write_text("assignees: nobody\n")
     bad = run(batch, "--rules", "bad-rules.yaml")
-    assert bad.returncode == 1 and "bad-rules.yaml" in bad.stderr
+    assert bad.returncode == 2 and "bad-rules.yaml" in bad.stderr  # a settings file to fix: a usage error
 
 
 def test_task_ids_resolve_through_the_store_and_use_its_lock(tmp_path: Path) -> None:

@@ -154,8 +154,11 @@ def _read_yaml(path: str, text: str) -> object:
             ) from None
     try:
         return yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: cannot read settings: {error}") from None
+    except yaml.YAMLError as error:  # one line: where, and what is wrong (PyYAML's own text spans several)
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: is not valid YAML{where}: {problem}; write plain 'key: value' lines") from None
 
 
 def resolve_task_root(cli_value: str | None, config: Config, env: Mapping[str, str] | None = None,

@@ -34,6 +34,12 @@ class TaskNotFound(HypervisorError):
     """No task with that id exists under the task root."""
 
 
+class TaskRootMissing(TaskNotFound):
+    """The task root itself does not exist: a setting to fix (exit 2, as a usage error), not a refusal."""
+
+    exit_code = 2
+
+
 class ClaimRefused(HypervisorError):
     """A claim, renewal, release, completion or block was refused; the text says why and what to do."""
 
@@ -45,7 +51,9 @@ class NothingToClaim(HypervisorError):
 
 
 class ConfigError(HypervisorError):
-    """The project's .hypervisor.yaml or a triage rules file is unusable."""
+    """The project's .hypervisor.yaml or a triage rules file is unusable: a setting to fix (exit 2, as usage)."""
+
+    exit_code = 2
 
 
 class HookInputError(HypervisorError):

@@ -89,7 +89,10 @@ def stats(by_project, tasks, as_json) -> None:
 @tasks_option
 @json_option
 def preflight(ids, batch_file, project, tasks, as_json) -> None:
-    """Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies)."""
+    """Show what a batch would run and what it would skip (done, cancelled, blocked, claimed, waiting on dependencies).
+
+    Exits 3 when nothing of the batch is ready (what `hypervisor run` would exit with: nothing to run), ids that no
+    task has included."""
     ctx = context_for(tasks)
     wanted = batch_ids(ids, batch_file)
     from ..claims import views
@@ -97,8 +100,13 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
     result = views.preflight(ctx.queue, ids=wanted, project=project)
     if as_json:
         emit_json(result)
-        return
-    print_preflight(result)
+    else:
+        print_preflight(result)
+    if not result["ready"]:
+        from ..claims.advice import nothing_to_run
+
+        click.echo(f"hypervisor: {nothing_to_run()}", err=True)
+        sys.exit(3)
 
 
 @click.command()
