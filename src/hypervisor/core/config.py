@@ -171,6 +171,19 @@ def resolve_task_root(cli_value: str | None, config: Config, env: Mapping[str, s
     return os.path.abspath(os.path.join(base or os.getcwd(), root))
 
 
+def command_for(command: str, task_root: str, config: Config) -> str:
+    """`hypervisor COMMAND` as a hint to follow: with `--tasks ROOT` unless ROOT is the task root that command
+    finds by itself here (from .hypervisor.yaml or ./tasks; an environment variable may not be set where it runs)."""
+    if os.path.abspath(task_root) == resolve_task_root(None, config, env={}):
+        return f"hypervisor {command}"
+    shown = os.path.relpath(task_root)
+    if shown.startswith(".."):
+        shown = os.path.abspath(task_root)
+    if not all(char.isalnum() or char in "/._-+:@" for char in shown):  # shlex.quote, without importing re
+        shown = "'" + shown.replace("'", "'\"'\"'") + "'"
+    return f"hypervisor {command} --tasks {shown}"
+
+
 def state_dir(task_root: str) -> str:
     """Where a task root keeps its claims, locks, runs, events and index."""
     return os.path.join(task_root, STATE_DIR)

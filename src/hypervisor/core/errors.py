@@ -16,12 +16,16 @@ class UsageError(HypervisorError):
 
 
 class TaskFileError(HypervisorError):
-    """A task file cannot be read as a task: names the file, the field, the value and what is allowed."""
+    """A task file cannot be read as a task: names the file, the field, the value and what is allowed (`value` and
+    `allowed` also as attributes, for `validate --json`; None where the problem is the file's, not a field's)."""
 
-    def __init__(self, path: str, message: str, field: str | None = None) -> None:
+    def __init__(self, path: str, message: str, field: str | None = None, value: object = None,
+                 allowed: str | None = None) -> None:  # fmt: skip
         self.path = path
         self.field = field
         self.message = message
+        self.value = value
+        self.allowed = allowed
         where = f"{path}: {field}: " if field else f"{path}: "
         super().__init__(where + message)
 

@@ -98,6 +98,10 @@ def show(ctx: Context, echo: Echo, as_json: bool, task_id: str) -> None:
     path = ctx.store.path_of(summary)
     with open(path, encoding="utf-8") as handle:
         echo(f"# {path}\n")
+        if summary.get("status_missing"):
+            from ..tasks.task import status_missing_note
+
+            echo(f"# {status_missing_note(task_id)}\n")
         if claim_view:
             state = "live" if claim_view["live"] else "expired"
             echo(f"# claim: {claim_view['caller']} ({state}, lease until {claim_view['lease_expires_at']})\n")

@@ -13,6 +13,7 @@ from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
 from ..claims.records import claim_path
+from ..core.config import command_for
 from ..core.errors import HypervisorError, NothingToClaim, disk_failed, storage_error
 from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
@@ -95,8 +96,9 @@ class Supervisor(Settling):
         report = self.preflight_report = report or self.preflight()
         self.invalid = [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
         if self.invalid:
+            step = command_for("validate", self.queue.store.root, self.queue.config)
             self.progress.note(f"{len(self.invalid)} task file(s) are invalid and were left out "
-                               "(`hypervisor validate` says why)")  # fmt: skip
+                               f"(`{step}` says why)")  # fmt: skip
         waiting = [item["id"] for item in report["skipped"]["blocked_deps"]]
         self.eligible = set(report["ready"]) | set(waiting)  # a task whose dependencies finish in this run runs
         self.folder.create()
