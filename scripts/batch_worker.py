@@ -21,8 +21,8 @@ The batch folder records it all per queue line, keyed by the whole line: locks/<
 the line's claim, results/<key>.yaml (written uncommitted before the task and the claim are touched, committed
 after), results/<key>.error.yaml (failed attempts), results/processed.log. An error releases the claim and counts
 the attempt; a line that names no readable task counts its failures in results/ and is dead-lettered there at
---max-attempts. Exit codes: 0 ok (item errors are recorded in results/, they are not fatal), 1 error (no queue file,
-bad rules, missing task root...), 2 usage (bad option or value), 3 nothing to claim (this run processed or failed
+--max-attempts. Exit codes: 0 ok (item errors are recorded in results/, they are not fatal), 1 error (no queue file...),
+2 usage or settings (a bad option or value, bad rules, a bad .hypervisor.yaml, a missing task root), 3 nothing to claim (this run processed or failed
 no item).
 """
 

@@ -133,16 +133,16 @@ def test_a_symlink_inside_the_root_is_an_alias_and_skipped(root):
 
 
 def test_missing_task_root_is_a_clear_refusal(tmp_path):
-    result = run_cli("list", "--tasks", str(tmp_path / "nope"), check=1)
+    result = run_cli("list", "--tasks", str(tmp_path / "nope"), check=2)
     assert "does not exist" in result.stderr and "--tasks DIR" in result.stderr
 
 
 def test_bad_config_is_named(tmp_path):
     (tmp_path / ".hypervisor.yaml").write_text("gate: sometimes\n")
-    result = run_cli("list", cwd=tmp_path, check=1)
+    result = run_cli("list", cwd=tmp_path, check=2)
     assert ".hypervisor.yaml: gate: 'sometimes' is not one of off, warn, block, all" in result.stderr
     (tmp_path / ".hypervisor.yaml").write_text("taks: x\n")
-    result = run_cli("list", cwd=tmp_path, check=1)
+    result = run_cli("list", cwd=tmp_path, check=2)
     assert "unknown key 'taks'" in result.stderr
 
 

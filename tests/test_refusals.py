@@ -330,7 +330,7 @@ CASES = [
     Case("bad-caller", active, "caller is 300 characters, too long: One line of at most 200 characters", [],
          ["claim", "{id}", "--caller", "x" * 300], ("claim_next_task", {"caller": "x" * 300, "task_id": "{id}"}),
          code=2, also_cli=lambda p, tid, ctx: cli_ok(p, "claim", tid, "--caller", CALLER), also_mcp=CLAIM_MCP),
-    Case("bad-lease", active, "is not a duration: write e.g. 90s", [], [*CLAIM, "--lease", "soon"], code=2,
+    Case("bad-lease", active, "is not a duration: write one of 90s", [], [*CLAIM, "--lease", "soon"], code=2,
          also_cli=lambda p, tid, ctx: cli_ok(p, "claim", tid, "--caller", CALLER, "--lease", "90s")),
     Case("bad-reopen-reason", with_status("blocked"), "must be 1 to 2000 characters", [],
          ["reopen", "{id}", "--reason", " "], ("update_task", {"id": "{id}", "status": "active", "note": "  "}),
@@ -449,7 +449,7 @@ def test_cli_refusals_that_name_a_moment_are_accepted_from_that_moment(tmp_path)
 
 def test_a_missing_task_root_names_init_which_makes_one(tmp_path):
     refused = run_cli("claim", "--caller", CALLER, cwd=tmp_path)
-    assert refused.returncode == 1 and "does not exist" in refused.stderr
+    assert refused.returncode == 2 and "does not exist" in refused.stderr  # a setting to fix: exit 2
     (init,) = [s for s in steps(refused.stderr) if s.cli == ["init"]]
     assert run_cli(*init.cli, cwd=tmp_path).returncode == 0
     write_task(tmp_path / "tasks", "a", status="active")

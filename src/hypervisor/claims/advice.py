@@ -107,7 +107,7 @@ def dead_lettered(task_id: str, attempts: int, limit: int) -> str:
     """A claim that found the task over max_attempts and moved it to blocked instead (the dead letter)."""
     return (
         f"task {task_id} failed {attempts} attempt{'s' * (attempts != 1)} (max_attempts {limit}) and was moved to "
-        f"blocked; {ANOTHER}. "
+        f"blocked (its worker log lists each attempt and how it ended); {ANOTHER}. "
         f"A person can give it all its attempts again with `hypervisor reopen {task_id} --reset-attempts`"
     )
 
@@ -123,6 +123,11 @@ def own_follow_up(task_id: str, parent: str) -> str:
 
 def nothing_to_claim(scope: str) -> str:
     return f"nothing to claim{scope}: no task is ready (see `hypervisor preflight`)"
+
+
+def nothing_to_run() -> str:
+    """`run` and `preflight` on a batch none of whose tasks is ready (exit 3); the lines above it say why each is not."""
+    return "nothing to run: no task of the batch is ready"
 
 
 # -- a holder's changes ---------------------------------------------------------------------------------------------

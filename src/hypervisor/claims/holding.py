@@ -12,6 +12,7 @@ from ..core.errors import ClaimRefused, UsageError
 from ..core.timeutil import iso, now
 from ..tasks import worklog
 from . import advice, recovery, workers
+from . import attempts as attempts_rule
 from . import records as claims
 
 TYPE_CHECKING = False  # typing costs every CLI call 2 ms to import; annotations are never evaluated
@@ -117,8 +118,10 @@ class HolderOperations:
         """Give a claimed task back to the queue, in `status` (default: its status before the claim).
 
         The assignee goes back to what it was unless `assignee` is given. The attempt stays counted unless
-        `count_attempt` is False (triage's claims are bookkeeping, not tries at the work). The file is written
-        first and the claim ended after, so a failed write leaves the claim as it was.
+        `count_attempt` is False (triage's claims are bookkeeping, not tries at the work); a counted one gets a
+        worker-log line with the reason and the attempts left (see attempts.RULE). The file is written first and
+        the claim ended after, so a failed write leaves the claim as it was. Returns `id`, `status`, `attempts`,
+        `attempts_left` and `max_attempts`.
         """
         if status is not None and not rules.is_status_claimable(status):
             raise UsageError(f"a released task goes back to inbox or active, not {status!r}")
@@ -135,7 +138,12 @@ class HolderOperations:
                     doc.set("attempts", claim.attempts - 1)
                 doc.set("modified", iso(now()))
             attempts = claim.attempts if count_attempt else claim.attempts - 1
-            return {"id": task_id, "status": doc.data.get("status"), "attempts": attempts}
+            limit = self.config.max_attempts
+            if count_attempt:
+                entry = attempts_rule.release_entry(now(), claim.holder(), attempts, limit, reason)
+                doc.append_to_section(worklog.HEADING, entry)
+            return {"id": task_id, "status": doc.data.get("status"), "attempts": attempts,
+                    "attempts_left": attempts_rule.left(attempts, limit), "max_attempts": limit}  # fmt: skip
 
         def settle(result: dict, claim: Claim) -> dict:
             self.end(claim)
@@ -178,13 +186,20 @@ class HolderOperations:
         return self._finish(task_id, token, caller, "blocked", reason, **log)
 
     def dead_letter(self, task_id: str, token: str, detail: str, **log: object) -> dict:
-        """Block a claimed task with reason `max_attempts` (the dead letter); `detail` says what the last try did."""
+        """Block a claimed task with reason `max_attempts` (the dead letter); `detail` says what the last try did.
+
+        Its worker-log entry lists each attempt and how it ended (from the event log); the assignee goes back to
+        what it was before the claims, and the entry names who held it last."""
+        tried = attempts_rule.history(self.events(), task_id)  # type: ignore[attr-defined]
+        limit = self.config.max_attempts
+        log.setdefault("details", attempts_rule.attempt_lines(task_id, tried, limit, detail))
         return self._finish(task_id, token, None, "blocked", f"{rules.DEAD_LETTER_REASON}: {detail}",
-                            blocked_reason=rules.DEAD_LETTER_REASON, event="dead_letter", **log)  # fmt: skip
+                            blocked_reason=rules.DEAD_LETTER_REASON, event="dead_letter", restore_assignee=True,
+                            **log)  # fmt: skip
 
     def _finish(self, task_id: str, token: str | None, caller: str | None, outcome: str, text: str,
                 commit: str | None = None, blocked_reason: str | None = None, event: str | None = None,
-                **log: object) -> dict:  # fmt: skip
+                restore_assignee: bool = False, **log: object) -> dict:  # fmt: skip
         """Write the outcome and its worker-log entry into the file, then end the claim, then log the event: a
         failure before the file is written changes nothing; one after it leaves an outcome whose claim the next
         touch ends (recovery.reconcile)."""
@@ -204,6 +219,11 @@ class HolderOperations:
                 doc.remove("blocked_reason")
             else:
                 doc.set("blocked_reason", blocked_reason or " ".join(text.split()))
+            if restore_assignee:  # a dead letter: nobody works on it now (its log names who held it last)
+                if claim.assignee_before is None:
+                    doc.remove("assignee")
+                else:
+                    doc.set("assignee", claim.assignee_before)
             doc.set("modified", iso(at))
             files, calls = workers.journal_summary(self.store.state, task_id, claim.token)
             extra = dict(log)

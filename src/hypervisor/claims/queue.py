@@ -14,6 +14,7 @@ from ..tasks.store import FRESH_FOR, TaskStore
 from ..tasks.task import TaskSummary
 from ..tasks.taskfile import TaskDoc
 from . import advice, recovery, workers
+from . import attempts as attempts_rule
 from . import records as claims
 from .backend import FileClaims, open_claims, resolve_backend
 from .holding import HolderOperations, warn
@@ -212,7 +213,7 @@ class TaskQueue(HolderOperations):
             if winner is not None:
                 return advice.claimed_meanwhile(task_id, winner.caller)
             if attempts > self.config.max_attempts:
-                self._dead_letter(known, claim, new.token, attempts - 1)
+                self._dead_letter(known, claim, new, attempts - 1, first_read)
                 return advice.dead_lettered(task_id, attempts - 1, self.config.max_attempts)
             fsutil.fault_point("claim-recorded")
             note = recovery.stranded_note(summary, caller, at) if stranded else None
@@ -248,11 +249,14 @@ class TaskQueue(HolderOperations):
                 status="in_progress",
                 assignee=caller,
                 attempts=attempts,
+                attempts_left=attempts_rule.left(attempts, self.config.max_attempts),
+                max_attempts=self.config.max_attempts,
                 claim_token=new.token,
                 lease_expires_at=iso(new.lease_expires_at),
             )
             if claim is not None:
                 result["reclaimed_from"] = claim.caller
+                result["reclaimed_lease_expired_at"] = iso(claim.lease_expires_at)
             elif stranded:
                 result["reclaimed_from"] = summary["assignee"] or "nobody (stranded)"
             return result
@@ -289,24 +293,42 @@ class TaskQueue(HolderOperations):
         if problem:
             raise ClaimRefused(problem)
         result = dict(summary)
-        result.update(claim_token=claim.token, lease_expires_at=iso(claim.lease_expires_at), attempts=claim.attempts)
+        limit = self.config.max_attempts
+        result.update(claim_token=claim.token, lease_expires_at=iso(claim.lease_expires_at), attempts=claim.attempts,
+                      attempts_left=attempts_rule.left(claim.attempts, limit), max_attempts=limit)  # fmt: skip
         return result
 
-    def _dead_letter(self, known: TaskSummary, claim: Claim | None, token: str, attempts: int) -> None:
-        """Block a task found over max_attempts at claim time, under the claim `token` just taken for it: the file
-        first, then the claim ends (a failed write drops the claim too, leaving the task as it was)."""
+    def _dead_letter(self, known: TaskSummary, claim: Claim | None, new: Claim, attempts: int,
+                     first_read: tuple) -> None:  # fmt: skip
+        """Block a task found over max_attempts at claim time, under the claim `new` just taken for it: the file
+        first, then the claim ends (a failed write drops the claim too, leaving the task as it was).
+
+        Its worker log lists each attempt and how it ended; the assignee goes back to what it was before the
+        claims (the log names who held it last), so that a blocked task does not show a worker still on it."""
         task_id = known["id"]
+        last_holder = claim.caller if claim else first_read[0]["assignee"]
+        tried = attempts_rule.history(self.events(), task_id)
 
         def block(_: TaskSummary, doc: TaskDoc) -> None:
+            at = now()
             doc.set("status", "blocked")
             doc.set("blocked_reason", rules.DEAD_LETTER_REASON)
             doc.set("attempts", attempts)
-            doc.set("modified", iso(now()))
+            if new.assignee_before is None:
+                doc.remove("assignee")
+            else:
+                doc.set("assignee", new.assignee_before)
+            doc.set("modified", iso(at))
+            ended = "its lease ran out" if claim else "left in_progress with no live claim"
+            entry = attempts_rule.dead_letter_entry(
+                at, task_id, attempts, self.config.max_attempts, tried, ended, last_holder
+            )
+            doc.append_to_section(worklog.HEADING, entry)
 
         try:
-            self.store.rewrite_locked(known, block)
+            self.store.rewrite_locked(known, block, first_read)
         finally:
-            self.claims.drop(task_id, token)
+            self.claims.drop(task_id, new.token)
         self.event("dead_letter", task_id, attempts=attempts, reason=rules.DEAD_LETTER_REASON,
                    last_caller=claim.caller if claim else None)  # fmt: skip
 

@@ -95,13 +95,21 @@ def stats(queue: TaskQueue, by_project: bool = False) -> dict:
 
 
 def preflight(queue: TaskQueue, ids: Iterable[str] | None = None, project: str | None = None) -> dict:
-    """What a batch would do: ready tasks in order, and what is skipped and why."""
+    """What a batch would do: ready tasks in order, and what is skipped and why (done, cancelled and blocked: ids;
+    claimed, blocked_deps and other: an entry saying more)."""
     tasks = queue.store.by_id()
     ready_ids = [s["id"] for s in queue.ready(project=project, ids=ids)]
     ready_set = set(ready_ids)
     live = queue.live_claims()
     status_of = {task_id: summary["status"] for task_id, summary in tasks.items()}
-    skipped: dict[str, list] = {"done": [], "cancelled": [], "claimed": [], "blocked_deps": [], "other": []}
+    skipped: dict[str, list] = {
+        "done": [],
+        "cancelled": [],
+        "blocked": [],
+        "claimed": [],
+        "blocked_deps": [],
+        "other": [],
+    }
     missing = []
     wanted = list(ids) if ids is not None else [t for t, s in tasks.items() if project in (None, s["project"])]
     for task_id in wanted:
@@ -112,7 +120,7 @@ def preflight(queue: TaskQueue, ids: Iterable[str] | None = None, project: str |
         if task_id in ready_set:
             continue
         status = summary["status"]
-        if status in ("done", "cancelled"):
+        if status in ("done", "cancelled") or (status == "blocked" and task_id not in live):
             skipped[status].append(task_id)
         elif task_id in live:
             skipped["claimed"].append({"id": task_id, "by": live[task_id].caller,

@@ -167,8 +167,11 @@ def _read_yaml(path: str, text: str) -> object:
             ) from None
     try:
         return yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: cannot read settings: {error}") from None
+    except yaml.YAMLError as error:  # one line: where, and what is wrong (PyYAML's own text spans several)
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: is not valid YAML{where}: {problem}; write plain 'key: value' lines") from None
 
 
 def resolve_task_root(cli_value: str | None, config: Config, env: Mapping[str, str] | None = None,
@@ -179,6 +182,19 @@ def resolve_task_root(cli_value: str | None, config: Config, env: Mapping[str, s
     """
     root = cli_value or (os.environ if env is None else env).get("HYPERVISOR_TASKS") or config.tasks or "tasks"
     return os.path.abspath(os.path.join(base or os.getcwd(), root))
+
+
+def command_for(command: str, task_root: str, config: Config) -> str:
+    """`hypervisor COMMAND` as a hint to follow: with `--tasks ROOT` unless ROOT is the task root that command
+    finds by itself here (from .hypervisor.yaml or ./tasks; an environment variable may not be set where it runs)."""
+    if os.path.abspath(task_root) == resolve_task_root(None, config, env={}):
+        return f"hypervisor {command}"
+    shown = os.path.relpath(task_root)
+    if shown.startswith(".."):
+        shown = os.path.abspath(task_root)
+    if not all(char.isalnum() or char in "/._-+:@" for char in shown):  # shlex.quote, without importing re
+        shown = "'" + shown.replace("'", "'\"'\"'") + "'"
+    return f"hypervisor {command} --tasks {shown}"
 
 
 def state_dir(task_root: str) -> str:

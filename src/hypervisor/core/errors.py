@@ -16,12 +16,16 @@ class UsageError(HypervisorError):
 
 
 class TaskFileError(HypervisorError):
-    """A task file cannot be read as a task: names the file, the field, the value and what is allowed."""
+    """A task file cannot be read as a task: names the file, the field, the value and what is allowed (`value` and
+    `allowed` also as attributes, for `validate --json`; None where the problem is the file's, not a field's)."""
 
-    def __init__(self, path: str, message: str, field: str | None = None) -> None:
+    def __init__(self, path: str, message: str, field: str | None = None, value: object = None,
+                 allowed: str | None = None) -> None:  # fmt: skip
         self.path = path
         self.field = field
         self.message = message
+        self.value = value
+        self.allowed = allowed
         where = f"{path}: {field}: " if field else f"{path}: "
         super().__init__(where + message)
 
@@ -38,6 +42,12 @@ class TaskExists(HypervisorError):
     """A new task was asked for under an id that a task file under the root already holds (or is named by)."""
 
 
+class TaskRootMissing(TaskNotFound):
+    """The task root itself does not exist: a setting to fix (exit 2, as a usage error), not a refusal."""
+
+    exit_code = 2
+
+
 class ClaimRefused(HypervisorError):
     """A claim, renewal, release, completion or block was refused; the text says why and what to do."""
 
@@ -49,7 +59,9 @@ class NothingToClaim(HypervisorError):
 
 
 class ConfigError(HypervisorError):
-    """The project's .hypervisor.yaml or a triage rules file is unusable."""
+    """The project's .hypervisor.yaml or a triage rules file is unusable: a setting to fix (exit 2, as usage)."""
+
+    exit_code = 2
 
 
 class HookInputError(HypervisorError):

@@ -1,12 +1,13 @@
-"""Clock, ISO timestamps, and durations written the way people write them (90s, 30m, 1h30m)."""
+"""Clock, ISO timestamps, and durations written the way people write them (90s, 30m, 1h30m, 1d)."""
 
 from __future__ import annotations
 
 import time
 
 from .errors import UsageError
+from .limits import quote
 
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def now() -> float:
@@ -26,36 +27,37 @@ def parse_iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def parse_duration(text: str | int | float, what: str = "duration") -> float:
-    """Seconds in '90', '90s', '30m', '2h', '1h30m'; UsageError naming the value otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        seconds = _duration_seconds(str(text).strip().lower())
-        if seconds is None:
-            msg = f"{what} {text!r} is not a duration: write e.g. 90s, 30m, 2h or 1h30m"
-            raise UsageError(msg)
+DURATION_FORMS = "90s, 30m, 2h, 1h30m or 1d"  # what a duration may look like, said by every refusal of one
+
+
+def parse_duration(text: object, what: str = "duration") -> float:
+    """Seconds in '90s', '30m', '2h', '1h30m', '1d' (units d, h, m, s in that order, each once; decimals allowed).
+
+    The one duration rule of the CLI, .hypervisor.yaml and the scripts: a bare number (`30`, or a YAML 30) is
+    refused, since nothing says whether it means seconds or minutes. UsageError naming `what` and the value."""
+    seconds = _duration_seconds(text.strip().lower()) if isinstance(text, str) else None
+    if seconds is None:
+        bare = isinstance(text, (int, float)) and not isinstance(text, bool)
+        bare = bare or (isinstance(text, str) and _is_decimal(text.strip()))
+        why = " (a bare number has no unit)" if bare else ""
+        raise UsageError(f"{what} {quote(text)} is not a duration{why}: write one of {DURATION_FORMS}")
     if seconds <= 0:
-        msg = f"{what} {text!r} must be longer than zero"
-        raise UsageError(msg)
+        raise UsageError(f"{what} {quote(text)} must be longer than zero: write one of {DURATION_FORMS}")
     return seconds
 
 
 def _duration_seconds(text: str) -> float | None:
-    """Seconds in `[N h][N m][N[s]]` (N a decimal number, units in that order), or None."""
+    """Seconds in `[N d][N h][N m][N s]` (N a decimal number, at least one unit, units in that order), or None."""
     total, number, used = 0.0, "", ""
-    for char in text + "$":
+    for char in text:
         if char in "0123456789.":
             number += char
             continue
-        unit = "s" if char == "$" and number and "s" not in used else char
-        if char == "$" and not number:
-            break
-        if unit not in _UNITS or not _is_decimal(number) or (used and "hms".index(unit) <= "hms".index(used[-1])):
+        if char not in _UNITS or not _is_decimal(number) or (used and "dhms".index(char) <= "dhms".index(used[-1])):
             return None
-        total += float(number) * _UNITS[unit]
-        number, used = "", used + unit
-    return total if used else None
+        total += float(number) * _UNITS[char]
+        number, used = "", used + char
+    return total if used and not number else None
 
 
 def _is_decimal(number: str) -> bool:

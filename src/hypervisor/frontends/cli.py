@@ -4,7 +4,7 @@ The commands live in cli_tasks (reading, setup), cli_claims (claim and the claim
 triage, mcp); the group loads only the one a command line names, from the table in cli_entry. What the hot
 commands do is in cli_hot, which cli_fast also runs without click.
 
-Exit codes: 0 ok, 1 refused (the text says why), 2 usage error, 3 nothing to claim.
+Exit codes: 0 ok, 1 refused (the text says why), 2 usage or settings error, 3 nothing to claim or run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from click.utils import _make_default_short_help
 
 from .. import __version__
 from ..core.errors import HypervisorError
-from .cli_context import Context, failure, json_text
+from .cli_context import Context, error_json, failure, json_text, wants_json
 from .cli_entry import COMMANDS
 
 
@@ -43,13 +43,23 @@ class HypervisorGroup(click.Group):
         with formatter.section(_("Commands")):
             formatter.write_dl(rows)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["as_json"] = wants_json(args)  # an error, even one in parsing the command, is JSON if asked
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
+        as_json = ctx.meta.get("as_json", False)
         try:
             return super().invoke(ctx)
         except (HypervisorError, OSError) as error:
-            message, code = failure(error)
+            message, code, stdout = failure(error, as_json)
+            click.echo(stdout, nl=False)
             click.echo(message, err=True)
             ctx.exit(code)
+        except click.ClickException as error:  # click's own usage errors: its text on stderr, and JSON if asked
+            if as_json:
+                click.echo(error_json(error.format_message(), error.exit_code), nl=False)
+            raise
 
 
 def tasks_option(func):
@@ -98,10 +108,15 @@ def print_preflight(result: dict) -> None:
                + (", ..." if len(result["ready"]) > 10 else "") + ")" if result["ready"] else ""))  # fmt: skip
     for reason, items in result["skipped"].items():
         if items:
-            shown = ", ".join(i if isinstance(i, str) else i["id"] for i in items[:10])
+            shown = ", ".join(i if isinstance(i, str) else _named(i) for i in items[:10])
             click.echo(f"skipped {reason}: {len(items)}  ({shown}{', ...' if len(items) > 10 else ''})")
     if result["missing"]:
-        click.echo(f"not found: {', '.join(result['missing'])}")
+        click.echo(f"not found: {', '.join(result['missing'])} (no task has that id; `hypervisor list` shows them)")
+
+
+def _named(item: dict) -> str:
+    """A skipped task as preflight prints it: its id, and its status where the heading does not say it."""
+    return f"{item['id']} ({item['status']})" if "status" in item else item["id"]
 
 
 def batch_ids(ids: tuple[str, ...], batch_file: str | None) -> list[str] | None:
@@ -131,6 +146,15 @@ def cli() -> None:
       hypervisor claim --caller w1 --json        # exit 3 when nothing is ready
       hypervisor renew TASK --token T            # while working
       hypervisor complete TASK --token T --summary "what was done"
+
+    Every command takes --tasks DIR (the task root) and --backend SPEC (where
+    claims live: file, or redis://host:port/db) after its name; `hypervisor
+    COMMAND --help` says more. Durations are 90s, 30m, 2h, 1h30m or 1d.
+
+    \b
+    Exit: 0 ok, 1 refused (the message says why and what to do), 2 usage or
+          settings (a bad option, a missing task root, a bad .hypervisor.yaml),
+          3 nothing to claim or run. With --json an error is JSON on stdout too.
     """
 
 

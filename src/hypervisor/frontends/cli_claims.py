@@ -10,26 +10,42 @@ from collections.abc import Callable
 
 import click
 
+from ..claims.attempts import RULE
+from ..core.timeutil import DURATION_FORMS
 from . import cli_hot
 from .cli import context_for, echo_text, emit_json, json_option, tasks_option, token_option
 
+CLAIM_HELP = f"""Claim task ID, or the next ready task. Exit 3 when nothing is ready.
 
-@click.command()
+    Prints the claim token (renew, release, complete and block need it), the
+    attempt this claim counts and how many are left (--json: attempts,
+    attempts_left, max_attempts), and, for a takeover, whose lease it was.
+
+    Attempts: {RULE}
+    """
+
+RELEASE_HELP = f"""Give ID back to the queue unfinished (the attempt stays counted).
+
+    The reason goes into the task's worker log and the event log. Prints how many
+    attempts are left (--json: attempts, attempts_left, max_attempts).
+
+    Attempts: {RULE}
+    """
+
+
+@click.command(help=CLAIM_HELP)
 @click.argument("task_id", metavar="[ID]", required=False)
 @click.option("--caller", required=True, metavar="C", help="Who is claiming (a worker name).")
-@click.option("--lease", metavar="DURATION", help="Lease length, e.g. 30m (default from settings, else 30m).")
+@click.option("--lease", metavar="DURATION", help=f"Lease length: {DURATION_FORMS} (default: lease: in .hypervisor.yaml, "
+              "else 30m).")  # fmt: skip
 @click.option("--project", metavar="P", help="Claim the next ready task of this project.")
 @tasks_option
 @json_option
 def claim(task_id, caller, lease, project, tasks, as_json) -> None:
-    """Claim task ID, or the next ready task. Exit 3 when nothing is ready.
-
-    Prints the claim token; renew, release, complete and block need it.
-    """
     cli_hot.claim(context_for(tasks), echo_text, as_json, task_id, caller, lease, project)
 
 
-def claimed_task_command(*options: Callable) -> Callable:
+def claimed_task_command(*options: Callable, help: str | None = None) -> Callable:  # noqa: A002 - click's word
     """A click command on a claimed task: ID, --token/--caller, `options`, --tasks/--backend, --json.
 
     The decorated function holds the command's help; cli_hot's function of the same name does its work.
@@ -44,19 +60,24 @@ def claimed_task_command(*options: Callable) -> Callable:
 
         for decorate in (json_option, tasks_option, *reversed(options), token_option):
             command = decorate(command)
-        return click.command()(click.argument("task_id", metavar="ID")(command))
+        return click.command(help=help)(click.argument("task_id", metavar="ID")(command))
 
     return declare
 
 
 @claimed_task_command(
-    click.option("--lease", metavar="DURATION", help="New lease length from now (default: the claim's own).")
+    click.option(
+        "--lease", metavar="DURATION", help=f"New lease length from now: {DURATION_FORMS} (default: the claim's own)."
+    )  # fmt: skip
 )
 def renew() -> None:
     """Extend the lease of your claim on ID."""
 
 
-@claimed_task_command(click.option("--reason", metavar="R", help="Why the task goes back (kept in the event log)."))
+@claimed_task_command(
+    click.option("--reason", metavar="R", help="Why the task goes back (kept in its worker log and the event log)."),
+    help=RELEASE_HELP,
+)
 def release() -> None:
     """Give ID back to the queue unfinished (the attempt stays counted)."""
 

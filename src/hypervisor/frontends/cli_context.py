@@ -56,12 +56,29 @@ def json_text(value: Any) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
 
 
-def failure(error: Exception) -> tuple[str, int] | None:
-    """The one line (for stderr) and exit code of an error the CLI reports without a traceback, else None.
+def failure(error: Exception, as_json: bool = False) -> tuple[str, int, str] | None:
+    """The one line (for stderr), exit code and stdout text of an error the CLI reports without a traceback, or None.
 
-    A full, read-only or failing disk (an OSError) is one line naming the file, never a traceback."""
+    The stdout text is empty, or with `as_json` the error as JSON, `{"error": line, "code": exit code}`, so that a
+    program that asked for JSON gets JSON on every path. A full, read-only or failing disk (an OSError) is one line
+    naming the file, never a traceback."""
     if isinstance(error, OSError):
         error = storage_error(error)
-    if isinstance(error, HypervisorError):
-        return f"hypervisor: {error}", error.exit_code
-    return None
+    if not isinstance(error, HypervisorError):
+        return None
+    return f"hypervisor: {error}", error.exit_code, error_json(str(error), error.exit_code) if as_json else ""
+
+
+def error_json(message: str, code: int) -> str:
+    """An error as `--json` prints it on stdout: its text and the exit code that goes with it."""
+    return json_text({"error": message, "code": code})
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether a command line (the words after `hypervisor`) asks for JSON: `--json` before any `--`."""
+    for word in args:
+        if word == "--":
+            return False
+        if word == "--json":
+            return True
+    return False

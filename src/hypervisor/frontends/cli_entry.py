@@ -41,7 +41,7 @@ COMMANDS = {
     "new": Entry(".cli_new:new", "Create a task file TITLE under the task root and print its id."),
     "preflight": Entry(
         ".cli_tasks:preflight",
-        "Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies).",
+        "Show what a batch would run and what it would skip (done, cancelled, blocked, claimed, waiting on dependencies).",
     ),
     "release": Entry(".cli_claims:release", "Give ID back to the queue unfinished (the attempt stays counted)."),
     "renew": Entry(".cli_claims:renew", "Extend the lease of your claim on ID."),

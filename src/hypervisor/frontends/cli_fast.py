@@ -127,11 +127,13 @@ def _reported(command: Callable, context: Context, values: dict) -> int:
     try:
         command(context, echo, **values)
     except Exception as error:  # noqa: BLE001 - only what `failure` knows is reported; the rest is raised
-        reported = failure(error)
+        reported = failure(error, values.get("as_json", False))
         if reported is None:
             raise
-        echo(reported[0] + "\n", sys.stderr)
-        return reported[1]
+        message, code, stdout = reported
+        echo(stdout)
+        echo(message + "\n", sys.stderr)
+        return code
     return 0
 
 

@@ -24,10 +24,25 @@ def claim(
     if as_json:
         echo(json_text(result))
         return
+    from ..claims.attempts import counted
+
     echo(
-        f"claimed {result['id']} (attempt {result['attempts']}, lease until {result['lease_expires_at']})\n"
-        f"token: {result['claim_token']}\n"
+        f"claimed {result['id']} ({counted(result['attempts'], result['max_attempts'])}; lease until "
+        f"{result['lease_expires_at']})\n" + _taken_over(result) + f"token: {result['claim_token']}\n"
     )
+
+
+def _taken_over(result: dict) -> str:
+    """The line a takeover claim adds: from whom, and since when that holder's lease had run out."""
+    previous = result.get("reclaimed_from")
+    if previous is None:
+        return ""
+    expired = result.get("reclaimed_lease_expired_at")
+    if expired is None:  # a stranded task: its file said in_progress, and no claim held it
+        return f"taken over from {previous}: it was in_progress with no live claim (stranded)\n"
+    from ..core.timeutil import humanize, now, parse_iso
+
+    return f"taken over from {previous}, whose lease expired {humanize(now() - parse_iso(expired))} ago\n"
 
 
 def renew(
@@ -42,7 +57,12 @@ def release(
     ctx: Context, echo: Echo, as_json: bool, task_id: str, token: str | None, caller: str | None, reason: str | None
 ) -> None:
     result = ctx.queue.release(task_id, token=token, caller=caller, reason=reason)
-    echo(json_text(result) if as_json else f"released {task_id} (now {result['status']})\n")
+    if as_json:
+        echo(json_text(result))
+        return
+    from ..claims.attempts import counted
+
+    echo(f"released {task_id} (now {result['status']}; {counted(result['attempts'], result['max_attempts'])})\n")
 
 
 def complete(
@@ -78,6 +98,10 @@ def show(ctx: Context, echo: Echo, as_json: bool, task_id: str) -> None:
     path = ctx.store.path_of(summary)
     with open(path, encoding="utf-8") as handle:
         echo(f"# {path}\n")
+        if summary.get("status_missing"):
+            from ..tasks.task import status_missing_note
+
+            echo(f"# {status_missing_note(task_id)}\n")
         if claim_view:
             state = "live" if claim_view["live"] else "expired"
             echo(f"# claim: {claim_view['caller']} ({state}, lease until {claim_view['lease_expires_at']})\n")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..core.timeutil import parse_duration
+from ..core.timeutil import DURATION_FORMS, parse_duration
 from .cli import batch_ids, context_for, emit_json, json_option, print_preflight, tasks_option
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ AGENT_HELP = ("triage (built in, no model), claude (claude -p with the plugin), 
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False), help="A file with one task id per line.")
 @click.option("--project", metavar="P", help="Only this project.")
 @click.option("--timeout", default="30m", show_default=True, metavar="DURATION",
-              help="Kill a worker (its whole process group) that runs longer, e.g. 90s, 30m, 2h.")  # fmt: skip
+              help=f"Kill a worker (its whole process group) that runs longer: {DURATION_FORMS}.")  # fmt: skip
 @click.option(
     "--isolation",
     type=click.Choice(["none", "worktree"]),
@@ -160,7 +160,9 @@ def run(worker_count, agent, ids, batch_file, project, timeout, isolation, land,
     report = supervisor.preflight()
     if not report["ready"] and not supervisor.left_to_land():
         emit_json(report) if as_json else print_preflight(report)
-        click.echo("hypervisor: nothing to run: no task of the batch is ready", err=True)
+        from ..claims.advice import nothing_to_run
+
+        click.echo(f"hypervisor: {nothing_to_run()}", err=True)
         sys.exit(3)
     _point_at_board(ctx.store.state)
     summary = supervisor.run(report)

@@ -7,17 +7,16 @@ import sys
 
 import click
 
-from ..core.config import load_config
+from ..core.config import command_for, load_config
 from . import cli_hot
 from .cli import batch_ids, context_for, echo_text, emit_json, json_option, print_preflight, tasks_option
 
 
-def _warn_invalid(invalid: list[dict]) -> None:
+def _warn_invalid(ctx, invalid: list[dict]) -> None:
     if invalid:
-        click.echo(
-            f"hypervisor: {len(invalid)} task file(s) are invalid and were left out; `hypervisor validate` lists them",
-            err=True,
-        )
+        step = command_for("validate", ctx.store.root, ctx.config)
+        click.echo(f"hypervisor: {len(invalid)} task file(s) are invalid and were left out; `{step}` lists them",
+                   err=True)  # fmt: skip
 
 
 @click.command("list")
@@ -40,16 +39,24 @@ def list_cmd(statuses, project, assignee, ready, limit, tasks, as_json) -> None:
 
     items, invalid = views.listing(ctx.queue, statuses, project=project, assignee=assignee, ready=ready)
     items = items[:limit]
-    _warn_invalid(invalid)
+    _warn_invalid(ctx, invalid)
     if as_json:
         emit_json(items)
         return
     if not items:
         click.echo("no tasks match", err=True)
         return
-    width = max(len(s["id"]) for s in items)
+    width = max(len("ID"), *(len(s["id"]) for s in items))
+    click.echo(f"{'ID':<{width}}  PRI  {'STATUS':<11}  {'PROJECT':<14}  TITLE")
     for s in items:
-        click.echo(f"{s['id']:<{width}}  P{s['priority']}  {s['status']:<11}  {s['project'] or '-':<14}  {s['title']}")
+        status = s["status"] + ("*" if s.get("status_missing") else "")
+        click.echo(f"{s['id']:<{width}}  P{s['priority']}   {status:<11}  {s['project'] or '-':<14}  {s['title']}")
+    unstated = [s["id"] for s in items if s.get("status_missing")]
+    if unstated:
+        from ..tasks.task import status_missing_note
+
+        more = f" (and {len(unstated) - 1} more marked *)" if len(unstated) > 1 else " (marked *)"
+        click.echo(f"hypervisor: {status_missing_note(unstated[0])}{more}", err=True)
 
 
 @click.command()
@@ -89,7 +96,10 @@ def stats(by_project, tasks, as_json) -> None:
 @tasks_option
 @json_option
 def preflight(ids, batch_file, project, tasks, as_json) -> None:
-    """Show what a batch would run and what it would skip (done, cancelled, claimed, waiting on dependencies)."""
+    """Show what a batch would run and what it would skip (done, cancelled, blocked, claimed, waiting on dependencies).
+
+    Exits 3 when nothing of the batch is ready (what `hypervisor run` would exit with: nothing to run), ids that no
+    task has included."""
     ctx = context_for(tasks)
     wanted = batch_ids(ids, batch_file)
     from ..claims import views
@@ -97,8 +107,13 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
     result = views.preflight(ctx.queue, ids=wanted, project=project)
     if as_json:
         emit_json(result)
-        return
-    print_preflight(result)
+    else:
+        print_preflight(result)
+    if not result["ready"]:
+        from ..claims.advice import nothing_to_run
+
+        click.echo(f"hypervisor: {nothing_to_run()}", err=True)
+        sys.exit(3)
 
 
 @click.command()
@@ -107,19 +122,25 @@ def preflight(ids, batch_file, project, tasks, as_json) -> None:
 def validate(tasks, as_json) -> None:
     """Check every task file against the schema; list each problem with file, field, value and what is allowed.
 
-    Exits 1 if any task is invalid.
+    Also warns of a file with no status: (the queue takes it as inbox). Exits 1
+    if any task is invalid; a warning alone does not change the exit code.
+    --json: {checked, invalid, problems, warnings}, each problem and warning with
+    path, field, value, allowed and message.
     """
-    from ..tasks.validation import validate_store
+    from ..tasks.validation import check_store
 
     ctx = context_for(tasks)
-    problems, checked = validate_store(ctx.store)
+    problems, warnings, checked = check_store(ctx.store)
+    files = len({p["path"] for p in problems})
     if as_json:
-        emit_json({"checked": checked, "invalid": len({p["path"] for p in problems}), "problems": problems})
+        emit_json({"checked": checked, "invalid": files, "problems": problems, "warnings": warnings})
     else:
         for problem in problems:
             click.echo(problem["message"])
-        files = len({p["path"] for p in problems})
-        click.echo(f"{checked} task files checked, {files} invalid", err=True)
+        for warning in warnings:
+            click.echo(f"warning: {warning['message']}")
+        noted = f", {len(warnings)} warning(s)" if warnings else ""
+        click.echo(f"{checked} task files checked, {files} invalid{noted}", err=True)
     if problems:
         sys.exit(1)
 

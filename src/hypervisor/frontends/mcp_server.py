@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError
 
 from .. import __version__
 from ..claims import advice, recovery, views, workers
+from ..claims import attempts as attempt_rule
 from ..claims.queue import TaskQueue
 from ..core import fsutil, limits, rules
 from ..core.errors import ClaimRefused, HypervisorError, InvalidTaskId, NothingToClaim, UsageError, storage_error
@@ -62,6 +63,17 @@ TOKEN_TEXT = "The claim_token that claim_next_task returned. Needed to change a 
 CALLER_TEXT = "Your worker name. May stand in for claim_token when you hold the live claim yourself."
 Token = Annotated[str | None, Field(description=described(TOKEN_TEXT, "claim_token"))]
 Caller = Annotated[str | None, Field(description=described(CALLER_TEXT, "caller"))]
+
+CLAIM_DESCRIPTION = (
+    "Claim a task atomically: exactly one caller wins. Returns the task plus claim_token, lease_expires_at, "
+    "attempts, attempts_left and max_attempts.\n\nKeep the claim_token: complete_task, block_task, release_task "
+    "and update_task need it. If this fails, do not retry in a loop: claim another task or stop.\n\n"
+    f"Attempts: {attempt_rule.RULE}"
+)
+RELEASE_DESCRIPTION = (
+    "Give your claimed task back to the queue unfinished, for someone else to pick up. The attempt stays counted; "
+    f"returns attempts, attempts_left and max_attempts.\n\nAttempts: {attempt_rule.RULE}"
+)
 
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
@@ -291,7 +303,7 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
 
         return call(run)
 
-    @server.tool(annotations=WRITES)
+    @server.tool(annotations=WRITES, description=CLAIM_DESCRIPTION)
     def claim_next_task(
         caller: Annotated[
             str, Field(description=described("Your worker name, e.g. worker-3. Recorded as the assignee.", "caller"))
@@ -306,11 +318,6 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
             list[str] | None, Field(description=f"Claim the next ready task among these ids only. {BATCH_RULE}")
         ] = None,
     ) -> dict:
-        """Claim a task atomically: exactly one caller wins. Returns the task plus claim_token and lease_expires_at.
-
-        Keep the claim_token: complete_task, block_task, release_task and update_task need it. If this fails, do not
-        retry in a loop: claim another task or stop.
-        """
         checked(caller=caller, task_id=task_id, project=project, batch=batch)
         if supervised is not None:
             if task_id not in (None, supervised[0]):
@@ -370,9 +377,8 @@ def build_server(queue: TaskQueue | Callable[[], TaskQueue], env: Mapping[str, s
         checked(id=id, reason=reason, claim_token=claim_token, caller=caller)
         return call("block", id, token=claim_token, caller=caller, reason=reason)
 
-    @server.tool(annotations=WRITES)
+    @server.tool(annotations=WRITES, description=RELEASE_DESCRIPTION)
     def release_task(id: TaskId, claim_token: Token = None, caller: Caller = None) -> dict:  # noqa: A002
-        """Give your claimed task back to the queue unfinished, for someone else to pick up."""
         checked(id=id, claim_token=claim_token, caller=caller)
         return call("release", id, token=claim_token, caller=caller, reason="release_task")
 

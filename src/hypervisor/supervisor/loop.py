@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue as queue_module
-import shlex
 import signal
 import socket
 import threading
@@ -14,6 +13,7 @@ from ..claims import views, workers
 from ..claims.backend import ENV_BACKEND
 from ..claims.queue import TaskQueue
 from ..claims.records import claim_path
+from ..core.config import command_for
 from ..core.errors import HypervisorError, NothingToClaim, disk_failed, storage_error
 from ..core.timeutil import humanize, iso, now
 from .agents import Agent, Job, agent_for
@@ -290,8 +290,8 @@ class Supervisor(Settling, Verifying):
         return [item["path"] for item in self.queue.store.summaries(refresh=False)[1]]
 
     def invalid_note(self) -> str:
-        return (f"{len(self.invalid)} task file(s) are invalid and were left out: `hypervisor validate --tasks "
-                f"{shlex.quote(self.queue.store.root)}` says why")  # fmt: skip
+        step = command_for("validate", self.queue.store.root, self.queue.config)
+        return f"{len(self.invalid)} task file(s) are invalid and were left out: `{step}` says why"
 
     def _await_exit(self, attempt: Attempt) -> None:
         try:

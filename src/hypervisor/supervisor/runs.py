@@ -122,6 +122,7 @@ def skipped_preflight(report: dict, started: set[str], invalid: list[str]) -> di
     return {
         "done": list(skipped.get("done", [])),
         "cancelled": list(skipped.get("cancelled", [])),
+        "blocked": list(skipped.get("blocked", [])),
         "claimed": [item["id"] for item in skipped.get("claimed", [])],
         "blocked_deps": [item["id"] for item in skipped.get("blocked_deps", []) if item["id"] not in started],
         "other": [item["id"] for item in skipped.get("other", [])],

@@ -172,12 +172,14 @@ def _pack(entry: TaskSummary | InvalidEntry) -> tuple:
     """An entry as a tuple (cheap to pickle): its summary fields in order, or (error, field) for an invalid file."""
     if "error" in entry:
         return (entry["error"], entry["field"])
-    return tuple([entry[name] for name in SUMMARY_FIELDS])  # type: ignore[literal-required]
+    return (*[entry[name] for name in SUMMARY_FIELDS], "status_missing" in entry)  # type: ignore[literal-required]
 
 
 def _unpack(rel: str, packed: tuple) -> TaskSummary | InvalidEntry:
     if len(packed) == 2:
         return InvalidEntry(error=packed[0], path=rel, field=packed[1])
-    summary = dict(zip(SUMMARY_FIELDS, packed, strict=True))
+    summary = dict(zip(SUMMARY_FIELDS, packed[:-1], strict=True))
     summary["path"] = rel
+    if packed[-1]:
+        summary["status_missing"] = True
     return summary  # type: ignore[return-value]

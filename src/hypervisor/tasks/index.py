@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from ..core import rules
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: a summary may say status_missing
 BUSY_TIMEOUT_MS = 10_000
 FETCH_ROWS = 64
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
-from ..core.errors import ConcurrentEdit, TaskNotFound
+from ..core.errors import ConcurrentEdit, TaskNotFound, TaskRootMissing
 from ..core.rules import check_task_id, queue_order
 from .index import TaskIndex, make_row
 from .task import InvalidEntry, TaskSummary, summarize
@@ -58,7 +58,7 @@ class TaskStore:
     def ensure_state(self) -> str:
         """Create the state folder (ignored by git) and its subfolders; returns its path."""
         if not os.path.isdir(self.root):
-            raise TaskNotFound(missing_root_advice(self.root))
+            raise TaskRootMissing(missing_root_advice(self.root))
         for sub in ("", "locks", "claims", "runs"):
             os.makedirs(os.path.join(self.state, sub), exist_ok=True)
         ignore = os.path.join(self.state, ".gitignore")

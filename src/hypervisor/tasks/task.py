@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         created: str | None
         modified: str | None
         path: str  # relative to the task root
+        status_missing: NotRequired[bool]  # only when the file has no `status:` (then status is inbox)
 
     class InvalidEntry(TypedDict):
         """A file the queue cannot use: what is wrong (`error`), its `path` (relative) and the frontmatter `field`
@@ -49,6 +50,14 @@ if TYPE_CHECKING:
         duplicate_of: NotRequired[str]
 else:  # what a TypedDict is when the program runs
     TaskSummary = InvalidEntry = dict
+
+
+def status_missing_note(task_id: str) -> str:
+    """What list, show and validate say of a task file with no `status:` (the queue takes it as inbox)."""
+    return (
+        f"task {task_id}: status missing, treated as {rules.DEFAULT_STATUS}; write `status: {rules.DEFAULT_STATUS}` "
+        "(or active, ...) in its frontmatter to say so"
+    )
 
 
 def is_invalid(entry: TaskSummary | InvalidEntry) -> bool:
@@ -69,7 +78,8 @@ def _string_list(path: str, name: str, value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    raise TaskFileError(path, f"{quote(value)} is not allowed: use a list of strings", field=name)
+    raise TaskFileError(path, f"{quote(value)} is not allowed: use a list of strings", field=name, value=value,
+                        allowed="a string or a list of strings")  # fmt: skip
 
 
 def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSummary:
@@ -82,31 +92,36 @@ def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSumma
     except InvalidTaskId as error:
         field = "id" if "id" in data else None
         hint = "" if field else " (the id defaults to the file name; set 'id:' to a legal one)"
-        raise TaskFileError(path, f"{error}{hint}", field=field) from None
+        allowed = f"1-{rules.TASK_ID_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit"
+        raise TaskFileError(path, f"{error}{hint}", field=field, value=raw_id, allowed=allowed) from None
 
     status = data.get("status", rules.DEFAULT_STATUS)
     if status not in rules.STATUSES:
-        raise TaskFileError(path, f"{quote(status)} is not one of {', '.join(rules.STATUSES)}", field="status")
+        allowed = "one of " + ", ".join(rules.STATUSES)
+        raise TaskFileError(path, f"{quote(status)} is not {allowed}", field="status", value=status, allowed=allowed)
 
     priority = data.get("priority", rules.DEFAULT_PRIORITY)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority not in rules.PRIORITIES:
-        raise TaskFileError(
-            path, f"{quote(priority)} is not allowed: use an integer 0 (highest) to 4", field="priority"
-        )
+        allowed = "an integer 0 (highest) to 4"
+        raise TaskFileError(path, f"{quote(priority)} is not allowed: use {allowed}", field="priority",
+                            value=priority, allowed=allowed)  # fmt: skip
 
     attempts = data.get("attempts", 0)
     if attempts is None:
         attempts = 0
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-        raise TaskFileError(path, f"{quote(attempts)} is not allowed: use a whole number 0 or more", field="attempts")
+        allowed = "a whole number 0 or more"
+        raise TaskFileError(path, f"{quote(attempts)} is not allowed: use {allowed}", field="attempts",
+                            value=attempts, allowed=allowed)  # fmt: skip
 
     depends_on = [unlink(dep) for dep in _string_list(path, "depends_on", data.get("depends_on"))]
     project = data.get("project")
     if project is not None and not isinstance(project, str):
-        raise TaskFileError(path, f"{quote(project)} is not allowed: use a project name", field="project")
+        raise TaskFileError(path, f"{quote(project)} is not allowed: use a project name", field="project",
+                            value=project, allowed="a project name (a string)")  # fmt: skip
     title = data.get("title")
     assignee = data.get("assignee")
-    return {
+    summary: dict = {
         "id": task_id,
         "title": title if isinstance(title, str) else task_id,
         "status": status,
@@ -121,6 +136,9 @@ def summarize(data: dict, path: str, relpath: str, default_id: str) -> TaskSumma
         "modified": _text(data.get("modified")),
         "path": relpath,
     }
+    if "status" not in data:  # taken as inbox, and said so by list, show and validate (status_missing_note)
+        summary["status_missing"] = True
+    return summary  # type: ignore[return-value]  # a TaskSummary
 
 
 def _text(value: Any) -> str | None:

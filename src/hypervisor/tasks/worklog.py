@@ -1,4 +1,4 @@
-"""The `## Worker log` entry a task body gets when a worker completes or blocks it."""
+"""The `## Worker log` entry a task body gets when a worker completes, blocks or releases it, or it is dead-lettered."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def format_entry(
     commit: str | None = None,
     tool_calls: int | None = None,
     duration_s: float | None = None,
+    details: Iterable[str] = (),
 ) -> str:
     """One markdown bullet: time, worker, outcome, summary, then whatever else is known."""
     parts = [f"**{iso(at)}** · {worker} · **{outcome}**"]
@@ -32,6 +33,7 @@ def format_entry(
     text = " ".join(summary.split())
     if text:
         lines.append(f"  - {text}")
+    lines += [f"  - {' '.join(line.split())}" for line in details]
     files = sorted(set(files))
     if files:
         lines.append("  - files: " + ", ".join(f"`{name}`" for name in files))

@@ -351,6 +351,7 @@ class SeedBatch:
             skipped = plan["skipped"]
             why = [f"is claimed by {e['by']} until {e['until']}" for e in skipped["claimed"]]
             why += [f"waits on unfinished dependencies: {', '.join(e['waiting_on'])}" for e in skipped["blocked_deps"]]
+            why += ["is blocked; only inbox or active tasks can be claimed" for _ in skipped["blocked"]]
             why += [f"is {e['status']}; only inbox or active tasks can be claimed" for e in skipped["other"]]
             return dict(view, status="would_skip", error=f"task {summary['id']} {(why or ['is not ready'])[0]}")
         claim = queue.read_claim(summary["id"])
