@@ -21,7 +21,7 @@ from hypervisor.core.timeutil import parse_iso
 from hypervisor.frontends.cli import cli
 from hypervisor.tasks import creation, taskfile
 from hypervisor.tasks.store import TaskStore
-from hypervisor.tasks.validation import validate_store
+from hypervisor.tasks.validation import check_store
 
 HANG_GUARD = 120.0  # seconds a wait may take before the test fails; never a claim about speed
 
@@ -62,7 +62,7 @@ def invoke(*args: str, stdin: str | None = None):
 
 
 def problems_of(root) -> list[dict]:
-    return validate_store(TaskStore(str(root)))[0]
+    return check_store(TaskStore(str(root)))[0]
 
 
 # -- the id ---------------------------------------------------------------------------------------------------------
