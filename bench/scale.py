@@ -480,7 +480,7 @@ def handed_out(reports: list[dict], expected: list[str]) -> dict:
             "timed_out": any(report["timed_out"] for report in reports)}  # fmt: skip
 
 
-def measure_peers(location: str, sizes: list[int], rounds: int, race: tuple[int, int], budget: float,
+def measure_peers(location: str, sizes: list[int], rounds: int, race: tuple[int, int, int], budget: float,
                   cwd: str, exe: str) -> dict:  # fmt: skip
     listing: list[dict] = []
     slow = None
@@ -510,7 +510,7 @@ def measure_peers(location: str, sizes: list[int], rounds: int, race: tuple[int,
                         "foreign_load": load.stop()})  # fmt: skip
         if backlog_s > PEER_SLOW_S:
             slow = backlog_s
-    backlog_tasks, hv_tasks = race
+    procs, backlog_tasks, hv_tasks = race
     ctx = multiprocessing.get_context("fork")
     workdir = tempfile.mkdtemp(prefix="race-", dir=LOCATIONS[location])
     try:
@@ -522,20 +522,26 @@ def measure_peers(location: str, sizes: list[int], rounds: int, race: tuple[int,
                 handle.write(backlog_task_text(i, "To Do"))
         with open(os.path.join(project, "backlog", "config.yml"), "w", encoding="utf-8") as handle:
             handle.write(BACKLOG_CONFIG)
-        say(f"{location}: {RACE_PROCS} Backlog.md workers claiming {backlog_tasks} tasks (list, then edit) ...")
-        elapsed, reports = run_workers(ctx, backlog_worker, lambda name: (project, exe), RACE_PROCS, budget)
+        say(f"{location}: {procs} Backlog.md workers claiming {backlog_tasks} tasks (list, then edit) ...")
+        elapsed, reports = run_workers(ctx, backlog_worker, lambda name: (project, exe), procs, budget)
         backlog_race = {**handed_out(reports, [f"TASK-{i + 1}" for i in range(backlog_tasks)]), "seconds": elapsed}
         root = os.path.join(workdir, "tasks")
         expected = generate_store(root, hv_tasks)
-        say(f"{location}: {RACE_PROCS} processes looping `hypervisor claim` over {hv_tasks} tasks ...")
-        elapsed, reports = run_workers(ctx, hv_cli_worker, lambda name: (root, cwd), RACE_PROCS, budget)
+        say(f"{location}: {procs} processes looping `hypervisor claim` over {hv_tasks} tasks ...")
+        elapsed, reports = run_workers(ctx, hv_cli_worker, lambda name: (root, cwd), procs, budget)
         hv_race = {**handed_out(reports, expected), "seconds": elapsed,
                    "events": check_events(file_events(root), expected)}  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     hv_race["met"] = (hv_race["exactly_once"] == hv_tasks and not hv_race["errors"] and not hv_race["unexpected"]
                       and hv_race["events"]["tasks_claimed_once"] == hv_tasks)  # fmt: skip
-    return {"location": location, "listing": listing, "race_backlog": backlog_race, "race_hypervisor": hv_race}
+    return {
+        "location": location,
+        "listing": listing,
+        "race_procs": procs,
+        "race_backlog": backlog_race,
+        "race_hypervisor": hv_race,
+    }
 
 
 # -- output -------------------------------------------------------------------------------------------------------
@@ -669,10 +675,11 @@ def peers_lines(report: dict) -> list[str]:
                          f"{entry['ratio']:.1f}x; {entry['rounds']} round(s), other processes "
                          f"{entry['foreign_load']:.2f} CPU-s/s")  # fmt: skip
         lines.append(
-            f"   {where:<6} claim, {RACE_PROCS} workers, Backlog.md's list-then-edit: " + race_text(row["race_backlog"])
+            f"   {where:<6} claim, {row['race_procs']} workers, Backlog.md's list-then-edit: "
+            + race_text(row["race_backlog"])
         )
         hv_race = row["race_hypervisor"]
-        lines.append(f"   {where:<6} claim, {RACE_PROCS} processes, `hypervisor claim`: {race_text(hv_race)}; "
+        lines.append(f"   {where:<6} claim, {row['race_procs']} processes, `hypervisor claim`: {race_text(hv_race)}; "
                      f"events.jsonl: {hv_race['events']['tasks_claimed_once']}/{hv_race['tasks']} claimed once "
                      f"-> {verdict(hv_race['met'])}")  # fmt: skip
     lines.append("   " + BEADS_LINE)
@@ -756,7 +763,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--sizes: every size must be at least 2 tasks")
     # (seconds of each fsync loop, tasks and seconds budget of the 16 processes, race sizes, race time budget)
     args.fsync_seconds, args.fsync_tasks, args.fsync_budget = (0.5, 300, 3.0) if args.quick else (3.0, 3000, 12.0)
-    args.race = (2, 30) if args.quick else (12, 300)
+    args.race = (4, 2, 30) if args.quick else (RACE_PROCS, 12, 300)  # (workers, Backlog.md tasks, hypervisor tasks)
     args.race_budget = 120.0 if args.quick else 300.0
     return args
 
