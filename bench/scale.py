@@ -743,6 +743,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--builds", type=int, help="index builds per size; the median is shown (default 2, --quick 1)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--locations", default="tmpfs,disk", help="tmpfs (/dev/shm), disk (/tmp); comma-separated")
+    parser.add_argument(
+        "--tmpfs-dir", default=LOCATIONS["tmpfs"], help="the tmpfs location's folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--disk-dir", default=LOCATIONS["disk"], help="the disk location's folder (default %(default)s)"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds, short loops (under 2 minutes)")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args()
@@ -759,10 +765,11 @@ def parse_args() -> argparse.Namespace:
         wrong = [v for v in value if v not in allowed]
         if wrong:
             parser.error(f"{option}: {', '.join(wrong)} is not one of {', '.join(allowed)}")
+    LOCATIONS.update(tmpfs=os.path.abspath(args.tmpfs_dir), disk=os.path.abspath(args.disk_dir))
     if any(size < 2 for size in args.sizes):
         parser.error("--sizes: every size must be at least 2 tasks")
     # (seconds of each fsync loop, tasks and seconds budget of the 16 processes, race sizes, race time budget)
-    args.fsync_seconds, args.fsync_tasks, args.fsync_budget = (0.5, 300, 3.0) if args.quick else (3.0, 3000, 12.0)
+    args.fsync_seconds, args.fsync_tasks, args.fsync_budget = (0.5, 160, 2.0) if args.quick else (3.0, 3000, 12.0)
     args.race = (4, 2, 30) if args.quick else (RACE_PROCS, 12, 300)  # (workers, Backlog.md tasks, hypervisor tasks)
     args.race_budget = 120.0 if args.quick else 300.0
     return args
