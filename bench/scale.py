@@ -825,7 +825,8 @@ def main() -> None:
             report["peers"] = {"backlog_version": version} if exe else {"not_run": version}
             if exe:  # on one location: Backlog.md is slow enough that both would double the run
                 location = "disk" if "disk" in args.locations else args.locations[0]
-                report["peers"]["rows"] = [measure_peers(location, args.sizes, args.rounds, args.race,
+                sizes = args.sizes[:1] if args.quick else args.sizes  # --quick: Backlog.md lists the smallest only
+                report["peers"]["rows"] = [measure_peers(location, sizes, args.rounds, args.race,
                                                          args.race_budget, cwd, exe)]  # fmt: skip
             report["peers"]["beads"] = BEADS_LINE
         report["verdicts"] = verdicts(report)
