@@ -763,7 +763,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--disk-dir", default=LOCATIONS["disk"], help="the disk location's folder (default %(default)s)"
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds, short loops (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds, short loops")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (the table goes to stderr)")
     args = parser.parse_args()
     args.sizes = sorted({int(s) for s in (args.sizes or ("100,1000" if args.quick else "1000,10000,100000")).split(",")
