@@ -164,11 +164,41 @@ def emit(text: str, report: dict, as_json: bool) -> None:
         print(text)
 
 
-def cached_store(base: str, size: int, version: int, task_text, label: str, subfolders: int) -> str:
+class Timed(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process (and any it waited for)
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_timed(argv: list[str], cwd: str, env: dict | None = None) -> Timed:
+    """Run one process to its end, its output captured: wall and CPU seconds, exit code, stdout, stderr."""
+    import resource
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu, began = children_cpu(), time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return Timed(time.perf_counter() - began, children_cpu() - cpu, done.returncode, done.stdout, done.stderr)
+
+
+def task_path(i: int, subfolders: int) -> str:
+    """Where cached_store puts task `i`, relative to the task root."""
+    return os.path.join(f"area-{i % subfolders}", f"task-{i:06d}.md")
+
+
+def cached_store(base: str, size: int, version: int, task_text, label: str, subfolders: int,
+                 path_of=None, extra_files: dict[str, str] | None = None) -> str:  # fmt: skip
     """The task root `base`/tasks of `size` generated tasks (`task_text(i)` each, over `subfolders` folders), made
-    again only when its marker does not say this `version` and size."""
+    again only when its marker does not say this `version` and size.
+
+    `path_of(i)`: another place for task `i` under the root (default task_path); `extra_files`: more files to
+    write, by path under the root (a peer tool's config)."""
     root = os.path.join(base, "tasks")
-    marker = os.path.join(base, "generated.json")  # outside the task root, so no tool walks it
+    marker = store_marker(base)
     try:
         with open(marker, encoding="utf-8") as handle:
             if json.load(handle) == {"format": version, "size": size}:
@@ -177,11 +207,29 @@ def cached_store(base: str, size: int, version: int, task_text, label: str, subf
         pass
     print(f"[{label}] generating {size} tasks under {root} ...", file=sys.stderr, flush=True)
     shutil.rmtree(base, ignore_errors=True)
-    for sub in range(subfolders):
-        os.makedirs(os.path.join(root, f"area-{sub}"))
-    for i in range(size):
-        with open(os.path.join(root, f"area-{i % subfolders}", f"task-{i:06d}.md"), "w", encoding="utf-8") as f:
-            f.write(task_text(i))
+    path_of = path_of or (lambda i: task_path(i, subfolders))
+    for rel, text in [*(extra_files or {}).items(), *((path_of(i), task_text(i)) for i in range(size))]:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
     with open(marker, "w", encoding="utf-8") as handle:
         json.dump({"format": version, "size": size}, handle)
     return root
+
+
+def store_marker(base: str) -> str:
+    return os.path.join(base, "generated.json")  # outside the task root, so no tool walks it
+
+
+@contextlib.contextmanager
+def changing_store(base: str) -> Iterator[None]:
+    """While a benchmark changes a cached store (and puts it back): its marker is set aside, so a run that stops
+    half way leaves the store to be generated again rather than reused as it was left."""
+    marker = store_marker(base)
+    with open(marker, encoding="utf-8") as handle:
+        saved = handle.read()
+    os.remove(marker)
+    yield
+    with open(marker, "w", encoding="utf-8") as handle:
+        handle.write(saved)

@@ -151,20 +151,24 @@ def seed_worker(queue_file: str, locks_dir: str, results_dir: str, name: str, re
 
 
 # -- running one measurement --------------------------------------------------------------------------------------
-def run_workers(ctx, target, args_of, procs: int) -> tuple[float, list[dict]]:
-    """Start `procs` workers, wait until all are set up, release them together; (elapsed seconds, their reports)."""
+def run_workers(
+    ctx, target, args_of, procs: int, timeout: float, helpers: tuple[int, ...] = ()
+) -> tuple[float, list[dict]]:
+    """Start `procs` workers, wait until all are set up, release them together; (elapsed seconds, their reports).
+
+    Each stops after `timeout` seconds (and says so); `helpers`: pids whose CPU is not foreign load (a server)."""
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    load = ForeignLoad(HELPER_PIDS)
+    load = ForeignLoad(helpers)
     workers = []
     for n in range(procs):
         name = f"bench-w{n:02d}"
-        worker = ctx.Process(target=target, args=(*args_of(name), name, ready, go, ARGS.timeout, results))
+        worker = ctx.Process(target=target, args=(*args_of(name), name, ready, go, timeout, results))
         worker.start()
         workers.append(worker)
     _collect(ready, workers, 120)
     start = time.monotonic()
     go.set()
-    reports = _collect(results, workers, ARGS.timeout + 600)
+    reports = _collect(results, workers, timeout + 600)
     for worker in workers:
         worker.join()
     elapsed = max(report["end"] for report in reports) - start
@@ -268,7 +272,7 @@ def measure_hypervisor(ctx, template: str, workdir: str, procs: int, expected: l
     """One drain with `procs` workers; `backend` is "file" or the private server's URL (a fresh namespace is added)."""
     root = prepared_copy(template, workdir)
     spec = backend if backend == "file" else redis_spec(backend)
-    elapsed, reports = run_workers(ctx, hv_worker, lambda name: (root, spec), procs)
+    elapsed, reports = run_workers(ctx, hv_worker, lambda name: (root, spec), procs, ARGS.timeout, HELPER_PIDS)
     events = file_events(root) if spec == "file" else redis_events(root, spec)
     result = {"procs": procs, "backend": "file" if spec == "file" else "redis", "seconds": elapsed,
               **check_ids(reports, expected), "events": check_events(events, expected),
@@ -287,7 +291,9 @@ def measure_seed(ctx, template: str, workdir: str, procs: int, expected: list[st
     queue_file = os.path.join(state, "queue.txt")
     items = sorted(str(p) for p in Path(root).rglob("*.md"))
     Path(queue_file).write_text("\n".join(items) + "\n")
-    elapsed, reports = run_workers(ctx, seed_worker, lambda name: (queue_file, locks_dir, results_dir), procs)
+    elapsed, reports = run_workers(
+        ctx, seed_worker, lambda name: (queue_file, locks_dir, results_dir), procs, ARGS.timeout, HELPER_PIDS
+    )
     result = {"procs": procs, "seconds": elapsed, **check_ids(reports, expected), **window_rates(reports)}
     result["claims_per_s"] = result["claims"] / elapsed if elapsed > 0 else 0.0
     torn = sum(1 for p in items if Path(p).read_text().count("status: in_progress\n") != 1)

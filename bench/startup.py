@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-from benchlib import ForeignLoad, emit, source_fingerprint
+from benchlib import ForeignLoad, emit, run_timed, source_fingerprint
 from claims import generate_store
 
 GOALS = {"version": 1.3, "help": 1.3, "claim": 2.0}
@@ -101,17 +99,10 @@ class Side:
 
 def timed(argv: list[str], cwd: str) -> tuple[tuple[float, float], str]:
     """Wall and CPU (user + system) seconds of one process, and its stdout; SystemExit if it fails."""
-    cpu, began = children_cpu(), time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - began, children_cpu() - cpu
-    if done.returncode != 0:
-        raise SystemExit(f"startup benchmark: {' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return elapsed, done.stdout
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    run = run_timed(argv, cwd)
+    if run.returncode != 0:
+        raise SystemExit(f"startup benchmark: {' '.join(argv)} exited {run.returncode}:\n{run.stderr[-2000:]}")
+    return (run.wall, run.cpu), run.stdout
 
 
 def one_round(side: Side, number: int, cwd: str) -> None:
