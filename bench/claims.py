@@ -107,6 +107,44 @@ def open_queue(root: str, spec: str):
     return TaskQueue(store, claims=open_claims(spec, store.state))
 
 
+# -- the disk's floor: fsync'd renames of claim-sized records ------------------------------------------------------
+FLOOR_SECONDS = 3.0  # how long each process of the floor's loop runs
+FLOOR_GOAL = 0.5  # the goal: file-backend claims/s at least this share of the floor at the same process count
+
+
+def fsync_worker(folder: str, name: str, ready, go, budget: float, results) -> None:
+    """Write + fsync + rename claim-sized records into `folder` for FLOOR_SECONDS: what one durable claim record
+    costs the disk at the least (the way fsutil.atomic_write writes one, without its directory fsync)."""
+    record = (json.dumps({"task_id": "task-000000", "token": "0" * 32, "caller": name, "claimed_at": 0.0,
+                          "lease_seconds": 1800.0, "lease_expires_at": 1800.0, "attempts": 1,
+                          "path": "area-0/task-000000.md", "status_before": "active", "assignee_before": None,
+                          "worker": None, "previous": None, "scope": []}) + "\n").encode()  # fmt: skip
+    ready.put(name)
+    go.wait()
+    times: list[float] = []
+    end = time.monotonic() + FLOOR_SECONDS
+    while time.monotonic() < end:
+        path = os.path.join(folder, f"{name}-{len(times)}.json")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, record)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(path + ".tmp", path)
+        times.append(time.monotonic())
+    results.put({"name": name, "ids": [f"{name}-{i}" for i in range(len(times))], "times": times,
+                 "end": time.monotonic(), "timed_out": False, "error": None})  # fmt: skip
+
+
+def measure_fsync_floor(ctx, workdir: str, procs: int) -> dict:
+    """Records/s of `procs` processes in the fsync'd-rename loop, on the disk the stores are on."""
+    folder = tempfile.mkdtemp(prefix="fsync-floor-", dir=workdir)
+    elapsed, reports = run_workers(ctx, fsync_worker, lambda name: (folder,), procs)
+    shutil.rmtree(folder)
+    count = sum(len(report["ids"]) for report in reports)
+    return {"procs": procs, "records": count, "seconds": elapsed, "records_per_s": count / elapsed,
+            "foreign_cpu": reports[0]["foreign_cpu"]}  # fmt: skip
+
+
 # -- the seed's loop, re-created ----------------------------------------------------------------------------------
 def seed_worker(queue_file: str, locks_dir: str, results_dir: str, name: str, ready, go, budget: float,
                 results) -> None:  # fmt: skip
@@ -383,6 +421,18 @@ def table(report: dict) -> str:
     bases = {key: rows[0][key]["median_claims_per_s"] for key, _ in paths} if rows else {}
     for row in rows:
         lines += [path_line(row, key, label, bases[key]) for key, label in paths] + [""]
+    lines += [
+        f"against the disk's floor (write + fsync + rename loops of claim-sized records, {FLOOR_SECONDS:g} s per "
+        f"process, as many processes; goal: the file backend at {FLOOR_GOAL:g}x of it with 16 processes):"
+    ]
+    for row in rows:
+        floor, share = row["fsync_floor"], row["ratio_hv_over_fsync_floor"]
+        verdict = ("MEETS" if share >= FLOOR_GOAL else "NOT MET") if row["procs"] == 16 else ""
+        lines.append(
+            f"  {row['procs']:>2} procs  {floor['records_per_s']:>8.1f} fsync'd renames/s; file backend "
+            f"{row['hypervisor']['median_claims_per_s']:>7.1f} claims/s = {share:.3f}x  {verdict}"
+        )
+    lines += [""]
     lines += ["exactly-once checks (ids the workers returned; 'claimed' events: the lines of events.jsonl for the file "
               "backend, the Redis stream through TaskQueue.events() for Redis):"]  # fmt: skip
     for row in rows:
@@ -471,11 +521,16 @@ def measure_row(ctx, template: str, workdir: str, procs: int, expected: list[str
         if i < ARGS.seed_repeat:
             runs["seed"].append(measure_seed(ctx, template, workdir, procs, expected))
             say(f"seed loop, {procs} procs: {runs['seed'][-1]['claims_per_s']:.1f} claims/s")
+    say(f"fsync'd renames, {procs} procs ...")
+    floor = measure_fsync_floor(ctx, workdir, procs)
+    say(f"  {floor['records_per_s']:.1f} records/s")
     hv, seed = median_of(runs["hypervisor"]), median_of(runs["seed"])
     row = {
         "procs": procs,
         "hypervisor": hv,
         "seed": seed,
+        "fsync_floor": floor,
+        "ratio_hv_over_fsync_floor": hv["median_claims_per_s"] / floor["records_per_s"],
         "ratio_hv_over_seed": hv["median_claims_per_s"] / seed["median_claims_per_s"],
         "hv_exactly_once": exactly_once(runs["hypervisor"]),
         "seed_duplicated_all_runs": sum(r["duplicated"] for r in runs["seed"]),

@@ -269,3 +269,22 @@ def test_a_common_file_is_read_and_edited_without_importing_yaml(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_unsafe_character_check_is_the_regex_it_replaces():
+    """fastyaml checks characters without the regexes it used (10 ms each to compile): the same answer for every
+    ASCII character, every code point at and beside the edge of a range, and a random sample of the rest, alone
+    and beside ASCII and non-ASCII text."""
+    import re
+
+    load_pattern = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+    dump_pattern = re.compile("[^\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd]")
+    edges = {edge + step for first, last in fastyaml._SAFE_RANGES for edge in (first, last) for step in (-1, 0, 1)}
+    codes = set(range(0x100)) | edges | set(random.Random(15).sample(range(0x110000), 20000))
+    for code in sorted(codes - {0x110000}):
+        char = chr(code)
+        for text in (char, f"a{char}b", f"\u00e9{char}\n"):
+            assert fastyaml._unsafe(text, fastyaml._SAFE_RANGES, newline=True) == bool(load_pattern.search(text))
+            assert fastyaml._unsafe(text, fastyaml._SAFE_TO_DUMP_RANGES, newline=False) == bool(
+                dump_pattern.search(text)
+            ), hex(code)

@@ -200,12 +200,13 @@ def test_the_queue_order_query_uses_its_index(root):
     store.refresh()
     from hypervisor.tasks import index as index_module
 
-    plan = store.index.db.execute(
-        "EXPLAIN QUERY PLAN SELECT data FROM files INDEXED BY files_in_queue_order WHERE "
-        f"{index_module._CLAIMABLE_SQL} {index_module._QUEUE_ORDER}"
-    ).fetchall()
-    text = " ".join(str(row) for row in plan)
-    assert "files_in_queue_order" in text and "TEMP B-TREE" not in text
+    for hinted in (False, True):
+        for after in (False, True):
+            params = (1.0,) * hinted + (0, 0, "", "a") * after
+            sql = index_module.queue_page_sql(hinted, after)
+            plan = store.index.db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            text = " ".join(str(row) for row in plan)
+            assert "files_in_queue_order" in text and "TEMP B-TREE" not in text, (sql, text)
 
 
 def test_claims_in_one_process_follow_queue_order_over_many_tasks(root):
@@ -217,3 +218,78 @@ def test_claims_in_one_process_follow_queue_order_over_many_tasks(root):
     got = [queue.claim_next("w")["id"] for _ in range(50)]
     assert got == expected
     assert sys.modules["hypervisor.tasks.index"]
+
+
+def lease_hint(store: TaskStore, task_id: str) -> float | None:
+    return store.index.db.execute("SELECT lease_until FROM files WHERE id = ?", (task_id,)).fetchone()[0]
+
+
+def test_a_claim_notes_its_lease_in_the_index_and_the_next_claims_pass_it_by(root):
+    for name in ("a", "b"):
+        write_task(root, name, title=name.upper(), status="active", priority=1 if name == "a" else 2)
+    store = TaskStore(str(root))
+    queue = TaskQueue(store)
+    first = queue.claim_next("w1")
+    assert first["id"] == "a"
+    claim = queue.read_claim("a")
+    assert lease_hint(store, "a") == claim.lease_expires_at
+    assert [s["id"] for s in store.in_queue_order(time.time())] == ["b"]  # the first look: a is in flight
+    assert [s["id"] for s in store.in_queue_order()] == ["a", "b"]  # without hints every row is there
+    assert queue.claim_next("w2")["id"] == "b"
+    assert lease_hint(store, "b") is not None
+
+
+def test_a_wrong_lease_hint_never_hides_a_claimable_task(root):
+    """The hint is only ever a lower bound the first look trusts: a row it wrongly calls held is still claimed,
+    by the look that says "nothing to claim" only after seeing every row."""
+    write_task(root, "a", title="A", status="active")
+    store = TaskStore(str(root))
+    store.refresh()
+    store.note_lease(store.indexed("a"), time.time() + 3600)
+    assert list(store.in_queue_order(time.time())) == []
+    assert TaskQueue(store).claim_next("w1")["id"] == "a"
+
+
+def test_any_change_to_the_file_drops_its_lease_hint(root):
+    write_task(root, "a", title="A", status="active")
+    store = TaskStore(str(root))
+    queue = TaskQueue(store)
+    claimed = queue.claim_next("w1")
+    assert lease_hint(store, "a") is not None
+    queue.release("a", token=claimed["claim_token"])
+    assert lease_hint(store, "a") is None
+    assert [s["id"] for s in store.in_queue_order(time.time())] == ["a"]
+
+
+def test_a_live_claim_past_its_hint_is_noted_again(root):
+    """A lease renewed where the index is not written (the hooks renew without it) outlives its hint: the first
+    look that meets the row again finds the claim live and notes it for FRESH_FOR more."""
+    write_task(root, "a", title="A", status="active", priority=1)
+    write_task(root, "b", title="B", status="active", priority=2)
+    store = TaskStore(str(root))
+    queue = TaskQueue(store)
+    assert queue.claim_next("w1")["id"] == "a"
+    store.note_lease(store.indexed("a"), time.time() - 1)  # as if the lease had been renewed past its hint
+    before = time.time()
+    assert queue.claim_next("w2")["id"] == "b"
+    assert lease_hint(store, "a") >= before + FRESH_FOR - 1
+
+
+def test_a_claim_writes_the_index_between_pages_of_the_queue_order(root):
+    """The queue order is read a page at a time, each read to its end, so a writer between two rows (a claim
+    noting its lease while another process writes too) is never refused for reading an old snapshot, which would
+    move this process's index into memory."""
+    from hypervisor.tasks import index as index_module
+
+    count = index_module.FIRST_ROWS + 2 * index_module.FETCH_ROWS + 3
+    for n in range(count):
+        write_task(root, f"t{n:03d}", title=f"T{n}", status="active")
+    store, other = TaskStore(str(root)), TaskStore(str(root))
+    store.refresh()
+    seen = []
+    for summary in store.in_queue_order(time.time()):
+        seen.append(summary["id"])
+        other.note_lease(other.indexed(summary["id"]), time.time() + 60)  # another process's commit
+        store.note_lease(summary, time.time() + 60)  # and this one's, mid-iteration
+    assert seen == [f"t{n:03d}" for n in range(count)]
+    assert not store.index.in_memory and not other.index.in_memory

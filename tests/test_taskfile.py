@@ -107,3 +107,23 @@ def test_any_value_round_trips_and_leaves_other_fields_alone(key, value):
     assert again.data[key] == value
     assert {k: v for k, v in again.data.items() if k != key} == {k: v for k, v in before.items() if k != key}
     assert again.body == doc.body
+
+
+def test_unlink_reads_wikilinks_as_the_regex_did():
+    """task.unlink parses `[[name|alias]]` without a regex (`re` costs a claim 6 ms): the same answer as the
+    pattern it replaces for every string of up to 7 characters over the characters that matter."""
+    import itertools
+    import re
+
+    from hypervisor.tasks.task import unlink
+
+    pattern = re.compile(r"^\[\[([^\]|#]+)(?:[#|][^\]]*)?\]\]\Z")
+
+    def by_regex(value: str) -> str:
+        match = pattern.match(value.strip())
+        return match.group(1).strip() if match else value.strip()
+
+    for length in range(8):
+        for chars in itertools.product("[]|#a \n", repeat=length):
+            value = "".join(chars)
+            assert unlink(value) == by_regex(value), repr(value)

@@ -40,6 +40,16 @@ def open_claims(spec: str, state: str, light: bool = False) -> FileClaims:
     return RedisClaims(spec, state, light=light)  # type: ignore[return-value]
 
 
+class _Every:
+    """A container holding everything."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+
+
 class FileClaims:
     """Claims as JSON files in `<state>/claims/`, made atomic by the per-task flock the caller holds; events in
     `<state>/events.jsonl`. Atomic on one machine's local disk only."""
@@ -66,6 +76,11 @@ class FileClaims:
         except FileNotFoundError:
             return set()
         return {name[:-5] for name in names if name.endswith(".json") and not name.startswith(".")}
+
+    def look(self, max_age: float | None = None) -> _Every:
+        """The ids a look at the queue asks `lease_state` about: here every one (a stat each, for the few a look
+        reaches, rather than a listing of every claim in flight)."""
+        return _EVERY
 
     def cached(self, task_id: str, status: str, at: float) -> Claim | None:
         """The claim record of a task that has one, re-read only when its file changed.

@@ -142,6 +142,10 @@ class RedisClaims:
             self._leases.update(dict.fromkeys(lapsed.decode().split("\n"), False))
         return set(self._leases)
 
+    def look(self, max_age: float | None = None) -> set[str]:
+        """The ids a look at the queue asks `lease_state` about: `names(max_age)`."""
+        return self.names(max_age)
+
     def lease_state(self, task_id: str, status: str, at: float) -> bool | None:
         """Whether the task's lease is live as of the last `names()`; None if it had no claim record."""
         return self._leases.get(task_id)

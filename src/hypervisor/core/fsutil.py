@@ -51,9 +51,14 @@ def atomic_write(path: str, data: bytes, durable: bool = True) -> None:
         _fsync_dir(os.path.dirname(path) or ".")
 
 
-def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: int) -> bool:
+def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: int, sync_folder: bool = True) -> bool:
     """Replace `path` with `data` only if it still is the file that was read (inode `expected_ino`, bytes
     `expected`); False, with the file untouched, if someone changed it since.
+
+    The new file's data is always fsync'd before it takes the name, so after a power cut the name holds the old
+    file or the new one, never a torn or empty one. `sync_folder=False` leaves out the fsync of the folder after
+    the replace, which only makes the replace itself survive a power cut (it may then be undone): for a write that
+    can be made again from a record that is itself durable (a claim's file, from its claim record).
 
     People's editors take no lock, so a plain check-then-replace could throw away a save landing between the check
     and the replace. Where the file system can (Linux renameat2 RENAME_EXCHANGE), the new file is swapped in
@@ -82,7 +87,8 @@ def replace_if_unchanged(path: str, data: bytes, expected: bytes, expected_ino: 
         raise _naming(error, path) from None
     finally:
         _discard(tmp)  # the file the swap displaced, or ours when nothing was replaced
-    _fsync_dir(os.path.dirname(path) or ".")
+    if sync_folder:
+        _fsync_dir(os.path.dirname(path) or ".")
     return True
 
 
@@ -182,28 +188,53 @@ def _holds(path: str, expected: bytes, expected_ino: int) -> bool:
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _renameat2: object = None  # None: not looked up yet; False: not available
+_get_errno: object = None
 
 
 def _exchange(a: str, b: str) -> bool | None:
     """Atomically swap the files at `a` and `b` (renameat2 RENAME_EXCHANGE); None where the system cannot."""
-    global _renameat2
+    global _renameat2, _get_errno
     if _renameat2 is None:
-        try:
-            import ctypes
-
-            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-        except (ImportError, OSError, AttributeError):
-            _renameat2 = False
+        _renameat2, _get_errno = _load_renameat2()
     if _renameat2 is False:
         return None
-    import ctypes
-
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:  # type: ignore[operator]
         return True
-    code = ctypes.get_errno()
+    code = _get_errno()  # type: ignore[operator]
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return None  # this file system cannot exchange (NFS, some overlays)
     raise OSError(code, os.strerror(code), b)
+
+
+def _load_renameat2() -> tuple[object, object]:
+    """(the C library's renameat2, get_errno), or (False, None) where there is none.
+
+    Made from _ctypes, the C module ctypes wraps, as ctypes.CDLL(None, use_errno=True).renameat2 makes it: the
+    ctypes package defines a hundred types on import (6 ms of every claim) for the one function used here."""
+    try:
+        import _ctypes
+
+        class CInt(_ctypes._SimpleCData):  # ctypes.c_int
+            _type_ = "i"
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = CInt
+
+        class Library:  # what a function pointer is looked up in: a dlopen handle, as CDLL holds it
+            _handle = _ctypes.dlopen(None, getattr(os, "RTLD_LOCAL", 0))
+
+        return Function(("renameat2", Library())), _ctypes.get_errno
+    except AttributeError:  # no renameat2 in this C library (older glibc, musl, macOS)
+        return False, None
+    except Exception:  # noqa: BLE001 - another layout of _ctypes: ask ctypes itself
+        pass
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).renameat2, ctypes.get_errno
+    except (ImportError, OSError, AttributeError):
+        return False, None
 
 
 def _naming(error: OSError, path: str) -> OSError:

@@ -35,6 +35,8 @@ def _default(value: object) -> object:
 if _json is not None:
     _scan = _json.make_scanner(_DecoderSettings())
     _encode = _json.make_encoder(None, _default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    _encode_unicode = _json.make_encoder(None, _default, _json.encode_basestring, None, ": ", ", ", False, False, True)
+    _encode_compact = _json.make_encoder(None, _default, _json.encode_basestring, None, ":", ",", False, False, True)
 
 
 def loads(data: bytes | str) -> object:
@@ -58,10 +60,34 @@ def loads(data: bytes | str) -> object:
     return value
 
 
-def dumps(value: object) -> str:
-    """`json.dumps(value)` with the default separators."""
+def dumps(value: object, ensure_ascii: bool = True) -> str:
+    """`json.dumps(value, ensure_ascii=ensure_ascii)` with the default separators."""
     if _json is None:
         import json
 
-        return json.dumps(value)
-    return "".join(_encode(value, 0))
+        return json.dumps(value, ensure_ascii=ensure_ascii)
+    return "".join((_encode if ensure_ascii else _encode_unicode)(value, 0))
+
+
+def dumps_compact(value: object) -> str:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`: the smallest text, for stored records."""
+    if _json is None:
+        import json
+
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return "".join(_encode_compact(value, 0))
+
+
+def loads_stored(text: str) -> object:
+    """`loads` for text `dumps_compact` wrote (no whitespace around it): the scanner alone, for many records."""
+    if _json is None:
+        import json
+
+        return json.loads(text)
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, SystemError):
+        return loads(text)  # raises the error that explains the bad input
+    if end != len(text):
+        return loads(text)
+    return value

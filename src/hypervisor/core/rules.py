@@ -68,7 +68,7 @@ def is_task_id(value: object) -> bool:
         isinstance(value, str)
         and 0 < len(value) <= TASK_ID_MAX
         and value[0] in _ID_FIRST
-        and all(char in _ID_CHARS for char in value)
+        and _ID_CHARS.issuperset(value)
         and ".." not in value
     )
 

@@ -50,10 +50,13 @@ class Context:
 
 def json_text(value: Any) -> str:
     """JSON for stdout, with its newline: indented for a person at a terminal, compact (and faster) for a program."""
+    if not sys.stdout.isatty():
+        from ..core import lightjson  # json.dumps' own C encoder, without the 8 ms json's import costs
+
+        return lightjson.dumps(value, ensure_ascii=False) + "\n"
     import json
 
-    indent = 2 if sys.stdout.isatty() else None
-    return json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def failure(error: Exception, as_json: bool = False) -> tuple[str, int, str] | None:

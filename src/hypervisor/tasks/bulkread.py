@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import stat
 import sys
 
@@ -91,6 +90,7 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> lis
     process the machine starves takes fewer); a child sends its entries at the end; chunks of a child that died
     are read here."""
     import multiprocessing
+    import pickle  # here, not at the top: most calls read a few files in this process (pickle costs 4 ms)
 
     from . import taskfile  # noqa: F401 - imported once here, not in every child
 
@@ -159,6 +159,8 @@ def _read_chunk(index: int) -> list[TaskSummary | InvalidEntry]:
 def _child(writer) -> None:
     """In a forked child: read the chunks it takes, pickled as each is read, and send them once all are taken (a
     send now would wait for the parent, which reads only when its own chunks are done)."""
+    import pickle  # already loaded: the parent imported it before the fork
+
     assert _job is not None
     counter, count = _job[4], len(_job[3])
     blobs = [pickle.dumps((index, [_pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)

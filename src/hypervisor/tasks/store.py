@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
 
 from ..core import fsutil
 from ..core.config import lock_path, state_dir
@@ -18,6 +16,7 @@ from .task import InvalidEntry, TaskSummary, summarize
 
 TYPE_CHECKING = False  # typing costs every CLI call 2 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
     from typing import TypeVar
 
     from .taskfile import TaskDoc
@@ -53,10 +52,14 @@ class TaskStore:
         self._summaries: tuple[tuple[int, int], list[TaskSummary], list[InvalidEntry]] | None = None
         self._duplicated: tuple[tuple[int, int], set[str]] | None = None
         self._decoded: dict[str, dict] = {}  # index row text -> its decoded entry, from the last `summaries`
+        self._state_made = False
+        self._state_last = os.path.join(self.state, "runs")  # the subfolder ensure_state makes last
 
     # -- state folder -------------------------------------------------------------------------------------------
     def ensure_state(self) -> str:
         """Create the state folder (ignored by git) and its subfolders; returns its path."""
+        if self._state_made and os.path.isdir(self._state_last):
+            return self.state  # made before by this store and still there: one stat, not ten, on every claim
         if not os.path.isdir(self.root):
             raise TaskRootMissing(missing_root_advice(self.root))
         for sub in ("", "locks", "claims", "runs"):
@@ -64,18 +67,17 @@ class TaskStore:
         ignore = os.path.join(self.state, ".gitignore")
         if not os.path.exists(ignore):
             fsutil.atomic_write(ignore, b"# hypervisor state: claims, locks, events, index\n*\n")
+        self._state_made = True
         return self.state
 
     def lock_path(self, task_id: str) -> str:
         """The flock file that serialises every change to one task."""
         return lock_path(self.state, task_id)
 
-    @contextlib.contextmanager
-    def task_lock(self, task_id: str) -> Iterator[None]:
-        """Hold the task's lock; all writers of a task's file and claim go through it."""
+    def task_lock(self, task_id: str) -> fsutil.locked:
+        """`with store.task_lock(id):` holds the task's lock; all writers of a task's file and claim go through it."""
         self.ensure_state()
-        with fsutil.locked(self.lock_path(task_id)):
-            yield
+        return fsutil.locked(self.lock_path(task_id))
 
     # -- scanning and the index ---------------------------------------------------------------------------------
     def _walk(self) -> Iterator[tuple[str, os.stat_result, bool]]:
@@ -119,8 +121,10 @@ class TaskStore:
         """The index of this root's files (opened on first use, made with the state folder if need be)."""
         if self._index is None:
             if os.path.isdir(self.root) and not self.read_only:
-                with contextlib.suppress(OSError):
+                try:
                     self.ensure_state()
+                except OSError:
+                    pass  # a folder that cannot take it: the index is kept in memory
             self._index = TaskIndex(self.state, in_memory=self.read_only)
         return self._index
 
@@ -177,15 +181,16 @@ class TaskStore:
             for (rel, st, _), entry in zip(changed, entries, strict=True)
         ]
 
-    def note_written(self, doc: TaskDoc) -> None:
-        """Update the index row of a file this process just wrote, so it need not be read again."""
+    def note_written(self, doc: TaskDoc, lease_until: float | None = None) -> None:
+        """Update the index row of a file this process just wrote, so it need not be read again (`lease_until`:
+        the lease of the claim it was written for, see TaskIndex.note_lease)."""
         rel = os.path.relpath(doc.path, self.root)
         try:
             st = os.stat(doc.path)
         except OSError:
             return
         summary = summarize(doc.data, doc.path, rel, os.path.basename(rel)[:-3])
-        self.index.apply([make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), summary)])
+        self.index.apply([make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), summary, lease_until)])
 
     def _read_summary(self, rel: str, st: os.stat_result, is_link: bool) -> TaskSummary | InvalidEntry:
         """The index entry of one file: its summary, or the report of why the queue cannot use it."""
@@ -271,12 +276,16 @@ class TaskStore:
             self._duplicated = (version, self.index.duplicated_ids())
         return self._duplicated[1]
 
-    def in_queue_order(self) -> Iterator[TaskSummary]:
+    def in_queue_order(self, hinted_at: float | None = None) -> Iterator[TaskSummary]:
         """Tasks that may be claimable (inbox, active, in_progress) in queue order, from the index as it is, read
-        lazily: a claim reads only the rows up to the first task it can take."""
-        for entry in self.index.in_queue_order():
-            if self.index.id_count(entry["id"]) == 1:
-                yield entry
+        lazily: a claim reads only the rows up to the first task it can take. With `hinted_at`, without the tasks
+        noted as held by a live claim at that time (TaskIndex.note_lease)."""
+        return self.index.in_queue_order(hinted_at)
+
+    def note_lease(self, summary: TaskSummary, until: float | None) -> None:
+        """Note that `summary`'s task is held by a live claim until at least `until`, or (None) that it is not
+        (TaskIndex.note_lease)."""
+        self.index.note_lease(summary["path"], until)
 
     def indexed_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
         """The status of each of `task_ids` the index knows as one valid task (others are missing)."""
@@ -400,7 +409,8 @@ class TaskStore:
             return self.rewrite_locked(known, change)
 
     def rewrite_locked(self, known: TaskSummary, change: Callable[[TaskSummary, TaskDoc], T],
-                       first_read: tuple[TaskSummary, TaskDoc, bytes, int] | None = None) -> T:  # fmt: skip
+                       first_read: tuple[TaskSummary, TaskDoc, bytes, int] | None = None,
+                       lease_until: float | None = None, sync_folder: bool = True) -> T:  # fmt: skip
         """`rewrite` for a caller that holds the task's lock.
 
         The file of `known` (its index summary) is read fresh, `change(summary, doc)` edits `doc` (field patches and
@@ -410,7 +420,9 @@ class TaskStore:
         have no effect beyond `doc` and must not mind running twice), up to WRITE_TRIES times, then ConcurrentEdit.
         If `change` raises, nothing is written and the exception propagates; TaskNotFound if the file is gone or
         now holds another id; TaskFileError if the result would not be a readable task file. `first_read` is a
-        `read_raw` the caller made under the same lock, used as the first read (its document is edited).
+        `read_raw` the caller made under the same lock, used as the first read (its document is edited);
+        `lease_until`, for a claim's write, goes into the file's new index row (TaskIndex.note_lease);
+        `sync_folder=False`: see fsutil.replace_if_unchanged (only for a change a durable record can make again).
         """
         from . import taskfile
 
@@ -422,8 +434,8 @@ class TaskStore:
             if data == raw:
                 return result
             fsutil.fault_point("task-before-write")
-            if fsutil.replace_if_unchanged(doc.path, data, raw, ino):
-                self.note_written(doc)
+            if fsutil.replace_if_unchanged(doc.path, data, raw, ino, sync_folder):
+                self.note_written(doc, lease_until)
                 return result
         raise ConcurrentEdit(
             f"{self.path_of(known)} changed {WRITE_TRIES} times while hypervisor was writing it (an editor saving it "
@@ -431,17 +443,19 @@ class TaskStore:
         )
 
 
-@contextlib.contextmanager
-def _without_gc() -> Iterator[None]:
+class _without_gc:
     """No collection passes while a walk holds a hundred thousand small objects: they would cost more than it."""
-    import gc
 
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
+    def __enter__(self) -> None:
+        import gc
+
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            import gc
+
             gc.enable()
 
 
@@ -474,8 +488,10 @@ class Progress:
 
     @staticmethod
     def _say(text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             print(f"hypervisor: {text}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass  # stderr is closed: progress is not worth failing the command for
 
 
 def order_key(summary: TaskSummary) -> tuple:

