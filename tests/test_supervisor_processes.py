@@ -388,7 +388,8 @@ def test_dry_run_shows_the_first_workers_command_and_environment_and_the_invalid
     text = run_cli("run", "--tasks", str(root), "--agent", SCRIPTED + " {task_id} {attempt}", "--dry-run",
                    cwd=root.parent, check=0).stdout  # fmt: skip
     assert "ready: 2" in text
-    assert f"1 task file(s) are invalid and were left out: `hypervisor validate --tasks {root}` says why" in text
+    # the workers start in root.parent, where ./tasks is the default task root: the hint needs no --tasks there
+    assert "1 task file(s) are invalid and were left out: `hypervisor validate` says why" in text
     assert "on first (attempt 3)" in text, text
     assert f"  command: {sys.executable} {WORKER} task first 3\n" in text, text
     assert "    HYPERVISOR_WORKER=1\n" in text and "    HYPERVISOR_TASK_ID=first\n" in text
