@@ -194,3 +194,15 @@ def claude() -> str:
 def gemini() -> str:
     """The pinned gemini binary; installing it is part of the test (failure = test error, never a skip)."""
     return _pinned_cli(ensure_gemini, "Gemini CLI", GEMINI_CLI_VERSION)
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    """The first true value of `predicate()`, polled every 50 ms; AssertionError naming `what` after `timeout` s
+    (a guard against hanging, never a speed claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

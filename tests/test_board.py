@@ -13,13 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import HYPERVISOR, run_cli, write_task
+from conftest import HYPERVISOR, run_cli, wait_for, write_task
 
 from hypervisor.frontends.board.registry import board_file, running_board
 from hypervisor.frontends.board.render import body_html
@@ -35,16 +34,6 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env.pop("HYPERVISOR_TASKS", None)
     return env
-
-
-def wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(url: str, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
@@ -82,7 +71,7 @@ def board(root: Path, *args: str, headers: dict | None = None, port: int = 0) ->
             proc.kill()
             raise AssertionError(f"the board printed no URL: {line!r} {proc.communicate()[1]}")
         url = match.group(1)
-        wait_for(lambda: _answers(url, headers) or proc.poll() is not None, "the board to answer")
+        wait_for(lambda: _answers(url, headers) or proc.poll() is not None, "the board to answer", WAIT)
         assert proc.poll() is None, proc.communicate()
         yield url
     finally:

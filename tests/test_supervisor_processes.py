@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HYPERVISOR, make_queue, run_cli, write_task
+from conftest import HYPERVISOR, make_queue, run_cli, wait_for, write_task
 
 from hypervisor.core.timeutil import now
 from hypervisor.supervisor.runs import load_run, validate_summary
@@ -44,16 +44,6 @@ def start_run(root: Path, *args: str, cwd: Path | None = None) -> subprocess.Pop
     env.pop("HYPERVISOR_TASKS", None)
     return subprocess.Popen([*HYPERVISOR, "run", "--tasks", str(root), "--json", *args], cwd=cwd or root.parent,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def said(proc: subprocess.Popen, needle: str, timeout: float = 60.0) -> str:

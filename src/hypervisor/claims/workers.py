@@ -8,6 +8,10 @@ from ..core import fsutil, lightjson
 from ..core.rules import check_task_id, is_task_id
 from ..core.timeutil import iso, now
 
+TYPE_CHECKING = False  # collections.abc is not loaded on the hook path; annotations are never evaluated
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 WORKER_AGENT_TYPE = "hypervisor:worker"
 
 # What the supervisor hands each agent process it starts (`hypervisor run`).
@@ -105,22 +109,34 @@ def record_call(state: str, task_id: str, token: str, tool: str, files: list[str
     fsutil.append_line(_journal_path(state, task_id, token), lightjson.dumps(entry))
 
 
-def journal_summary(state: str, task_id: str, token: str) -> tuple[list[str], int]:
-    """(files edited, sorted; number of tool calls) journaled under one claim."""
-    files: set[str] = set()
-    calls = 0
+def _journal_entries(state: str, task_id: str, token: str) -> Iterator[object]:
+    """Each line of a claim's journal, decoded; a line cut short by a crash mid-append is passed over (the rest of
+    the journal still counts); nothing if there is no journal."""
     try:
         with open(_journal_path(state, task_id, token), encoding="utf-8") as handle:
             for line in handle:
                 try:
-                    entry = lightjson.loads(line)
+                    yield lightjson.loads(line)
                 except (ValueError, RecursionError):
-                    continue  # a line cut short by a crash mid-append: the rest of the journal still counts
-                calls += 1
-                if isinstance(entry, dict) and not entry.get("failed"):
-                    files.update(name for name in entry.get("files") or () if isinstance(name, str))
+                    continue
     except FileNotFoundError:
-        pass
+        return
+
+
+def _edited(entry: dict) -> Iterator[str]:
+    """The files a journaled call edited (none for a call that failed)."""
+    if not entry.get("failed"):
+        yield from (name for name in entry.get("files") or () if isinstance(name, str))
+
+
+def journal_summary(state: str, task_id: str, token: str) -> tuple[list[str], int]:
+    """(files edited, sorted; number of tool calls) journaled under one claim."""
+    files: set[str] = set()
+    calls = 0
+    for entry in _journal_entries(state, task_id, token):
+        calls += 1
+        if isinstance(entry, dict):
+            files.update(_edited(entry))
     return sorted(files), calls
 
 
@@ -129,21 +145,12 @@ def journal_activity(state: str, task_id: str, token: str) -> dict:
     files: set[str] = set()
     calls = 0
     last: dict | None = None
-    try:
-        with open(_journal_path(state, task_id, token), encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    entry = lightjson.loads(line)
-                except (ValueError, RecursionError):
-                    continue  # a line cut short by a crash mid-append
-                if not isinstance(entry, dict):
-                    continue
-                calls += 1
-                last = entry
-                if not entry.get("failed"):
-                    files.update(name for name in entry.get("files") or () if isinstance(name, str))
-    except FileNotFoundError:
-        pass
+    for entry in _journal_entries(state, task_id, token):
+        if not isinstance(entry, dict):
+            continue
+        calls += 1
+        last = entry
+        files.update(_edited(entry))
     shown = None
     if last is not None:
         shown = {"tool": str(last.get("tool", "")), "at": last.get("ts"), "failed": bool(last.get("failed"))}
