@@ -80,3 +80,13 @@ def test_children_only_for_cpus_other_work_leaves_idle(monkeypatch, load, expect
     monkeypatch.setattr(bulkread, "cpus", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     assert bulkread.idle_cpus() == expected
+
+
+def test_rows_made_in_children_equal_rows_made_here(store):
+    from hypervisor.tasks.index import make_row
+
+    items = list(store._walk())
+    expected = [make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), entry)
+                for (rel, st, _), entry in zip(items, serial(store, items), strict=True)]  # fmt: skip
+    assert bulkread.read_rows(store.root, items, workers=3) == expected
+    assert bulkread.read_rows(store.root, items, workers=1) == expected

@@ -10,11 +10,15 @@ import sys
 from ..core.errors import TaskFileError
 from .task import SUMMARY_FIELDS, InvalidEntry, TaskSummary, summarize
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .index import Row
+
 PARALLEL_MIN = 1000  # fewer files are read in-process: on 2 CPUs, children pay from ~500 files (bench/parse.py)
 CHUNK = 500  # files a process takes at a time, at most
 
 Item = tuple[str, os.stat_result, bool]  # (relpath, stat, is_symlink), as TaskStore._walk yields them
-_job: tuple | None = None  # what forked children read: (root, real root, items, chunks, the shared counter)
+_job: tuple | None = None  # what forked children read: (root, real root, items, chunks, the shared counter, as_rows)
 
 
 def inside(path: str, real_root: str) -> bool:
@@ -44,6 +48,16 @@ def read_summary(root: str, real_root: str, rel: str, st: os.stat_result, is_lin
 def read_summaries(root: str, items: list[Item], workers: int | None = None) -> list[TaskSummary | InvalidEntry]:
     """`read_summary` of each item, in order: with `workers` (default: `idle_cpus()`) processes, this one and forked
     children, when there are at least PARALLEL_MIN items; in this process alone otherwise, or if no child starts."""
+    return _read_all(root, items, workers, as_rows=False)
+
+
+def read_rows(root: str, items: list[Item], workers: int | None = None) -> list[Row]:
+    """The index rows (index.make_row) of the items, in order, read as `read_summaries` reads them: each row is
+    made in the process that read its file, so a build's parent does not encode every other process's entries."""
+    return _read_all(root, items, workers, as_rows=True)
+
+
+def _read_all(root: str, items: list[Item], workers: int | None, as_rows: bool) -> list:
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
     workers = idle_cpus() if workers is None else workers
@@ -52,13 +66,22 @@ def read_summaries(root: str, items: list[Item], workers: int | None = None) -> 
     try:
         if workers > 1 and len(items) >= PARALLEL_MIN and _can_fork():
             try:
-                return _parallel(root, real_root, items, workers)
+                return _parallel(root, real_root, items, workers, as_rows)
             except (OSError, ImportError) as error:
                 print(f"hypervisor: reading task files in one process ({error})", file=sys.stderr)
-        return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items]
+        return _read_items(root, real_root, items, as_rows)
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def _read_items(root: str, real_root: str, items: list[Item], as_rows: bool) -> list:
+    if not as_rows:
+        return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items]
+    from .index import make_row
+
+    return [make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), read_summary(root, real_root, rel, st, is_link))
+            for rel, st, is_link in items]  # fmt: skip
 
 
 def cpus() -> int:
@@ -85,14 +108,14 @@ def _can_fork() -> bool:
     return sys.platform == "linux" and threading.active_count() == 1
 
 
-def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> list[TaskSummary | InvalidEntry]:
+def _parallel(root: str, real_root: str, items: list[Item], workers: int, as_rows: bool) -> list:
     """This process and `workers` - 1 forked ones take chunks of the items in turn from a shared counter (so a
     process the machine starves takes fewer); a child sends its entries at the end; chunks of a child that died
     are read here."""
     import multiprocessing
     import pickle  # here, not at the top: most calls read a few files in this process (pickle costs 4 ms)
 
-    from . import taskfile  # noqa: F401 - imported once here, not in every child
+    from . import index, taskfile  # noqa: F401 - imported once here, not in every child
 
     global _job
     context = multiprocessing.get_context("fork")
@@ -100,7 +123,7 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> lis
     chunks = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
     counter = context.Value("q", 0)
     children = []
-    _job = (root, real_root, items, chunks, counter)
+    _job = (root, real_root, items, chunks, counter, as_rows)
     try:
         for _ in range(workers - 1):
             reader, writer = context.Pipe(duplex=False)
@@ -121,12 +144,13 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> lis
                 except (EOFError, OSError):
                     break
                 start = chunks[index][0]
-                done[index] = [_unpack(items[start + offset][0], entry) for offset, entry in enumerate(packed)]
+                done[index] = packed if as_rows else [_unpack(items[start + offset][0], entry)
+                                                      for offset, entry in enumerate(packed)]  # fmt: skip
             reader.close()
             child.join()
             if child.exitcode:
                 print(f"hypervisor: a process reading task files ended early (exit {child.exitcode})", file=sys.stderr)
-        results: list[TaskSummary | InvalidEntry] = []
+        results: list = []
         for index in range(len(chunks)):
             results.extend(done[index] if index in done else _read_chunk(index))
         return results
@@ -149,11 +173,11 @@ def _taken(counter, count: int):
         yield index
 
 
-def _read_chunk(index: int) -> list[TaskSummary | InvalidEntry]:
+def _read_chunk(index: int) -> list:
     assert _job is not None
-    root, real_root, items, chunks, _ = _job
+    root, real_root, items, chunks, _, as_rows = _job
     start, stop = chunks[index]
-    return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items[start:stop]]
+    return _read_items(root, real_root, items[start:stop], as_rows)
 
 
 def _child(writer) -> None:
@@ -162,8 +186,9 @@ def _child(writer) -> None:
     import pickle  # already loaded: the parent imported it before the fork
 
     assert _job is not None
-    counter, count = _job[4], len(_job[3])
-    blobs = [pickle.dumps((index, [_pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)
+    counter, count, as_rows = _job[4], len(_job[3]), _job[5]
+    pack = tuple if as_rows else _pack  # a row is a tuple of plain values already
+    blobs = [pickle.dumps((index, [pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)
              for index in _taken(counter, count)]  # fmt: skip
     for blob in blobs:
         writer.send_bytes(blob)

@@ -19,6 +19,7 @@ SCHEMA_VERSION = 5  # 4: a summary may say status_missing; 5: a row's lease hint
 BUSY_TIMEOUT_MS = 10_000
 FETCH_ROWS = 64
 FIRST_ROWS = 8  # the first page of the queue order: a claim mostly takes one of its first rows
+BULK_ROWS = 5_000  # rows into an empty table from which its indexes are built after the rows, not row by row
 
 _CLAIMABLE = tuple(sorted(rules.CLAIMABLE_STATUSES | {"in_progress"}))
 _CLAIMABLE_SQL = "invalid = 0 AND status IN (" + ", ".join(f"'{status}'" for status in _CLAIMABLE) + ")"
@@ -42,7 +43,7 @@ def queue_page_sql(hinted: bool, after: bool) -> str:
             f"LIMIT {FETCH_ROWS if after else FIRST_ROWS}")  # fmt: skip
 
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     rel TEXT PRIMARY KEY,
@@ -54,11 +55,14 @@ CREATE TABLE IF NOT EXISTS files (
     data TEXT NOT NULL,
     lease_until REAL
 );
-CREATE INDEX IF NOT EXISTS files_by_id ON files (id);
-CREATE INDEX IF NOT EXISTS files_by_stem ON files (stem);
-CREATE INDEX IF NOT EXISTS files_by_status ON files (status);
-CREATE INDEX IF NOT EXISTS files_in_queue_order ON files (priority, no_created, created, id) WHERE {_CLAIMABLE_SQL};
 """
+_INDEXES = {
+    "files_by_id": "files (id)",
+    "files_by_stem": "files (stem)",
+    "files_by_status": "files (status)",
+    "files_in_queue_order": f"files (priority, no_created, created, id) WHERE {_CLAIMABLE_SQL}",
+}
+_SCHEMA += "".join(f"CREATE INDEX IF NOT EXISTS {name} ON {spec};\n" for name, spec in _INDEXES.items())
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode) of a task file
 Row = tuple  # the values of one `files` row, in column order
@@ -202,7 +206,15 @@ class TaskIndex:
             if deleted:
                 db.executemany("DELETE FROM files WHERE rel = ?", ((rel,) for rel in deleted))
             if rows:
+                bulk = len(rows) >= BULK_ROWS and db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+                if bulk:  # a new store's first walk: rows in key order, then each index sorted once (~2x faster)
+                    rows.sort(key=lambda row: row[0])
+                    for name in _INDEXES:
+                        db.execute(f"DROP INDEX IF EXISTS {name}")
                 db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                if bulk:
+                    for name, spec in _INDEXES.items():
+                        db.execute(f"CREATE INDEX {name} ON {spec}")
             if walked_at is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('walked_at', ?)", (repr(walked_at),))
 

@@ -168,18 +168,15 @@ class TaskStore:
     def _read_rows(self, changed: list[tuple[str, os.stat_result, bool]]) -> list:
         """Index rows for the files of `changed`, read (in parallel when there are many); progress on stderr when
         that takes more than a second."""
-        from .bulkread import read_summaries
+        from .bulkread import read_rows
 
-        entries: list = []
+        rows: list = []
         with Progress(len(changed), self.root) as progress:
             for start in range(0, len(changed), PROGRESS_STEP):
                 step = changed[start : start + PROGRESS_STEP]
-                entries.extend(read_summaries(self.root, step))
+                rows.extend(read_rows(self.root, step))
                 progress.advance(len(step))
-        return [
-            make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), entry)
-            for (rel, st, _), entry in zip(changed, entries, strict=True)
-        ]
+        return rows
 
     def note_written(self, doc: TaskDoc, lease_until: float | None = None) -> None:
         """Update the index row of a file this process just wrote, so it need not be read again (`lease_until`:
