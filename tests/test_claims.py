@@ -186,3 +186,30 @@ def test_the_event_log_reads_from_a_cursor(root, queue):
     assert [(e["event"], e["task"]) for e in queue.events(cursor)] == [("claimed", "b")]
     assert [e["task"] for e in queue.events()] == ["a", "b"]
     assert queue.events(queue.events_cursor()) == []
+
+
+def test_a_claim_whose_record_landed_but_whose_folder_sync_failed_leaves_no_claim(root, monkeypatch):
+    """The claim record is renamed into place, then its folder's fsync fails (as on a nearly full disk): the claim
+    fails with the error, and no record is left holding a token nobody was given; the task can be claimed at once."""
+    import errno
+    import os
+
+    from hypervisor.core import fsutil
+
+    write_task(root, "t1", title="One", status="active")
+    queue = make_queue(root)
+    synced = fsutil._fsync_dir
+
+    def failing(directory: str) -> None:
+        if os.path.basename(directory) == "claims":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        synced(directory)
+
+    monkeypatch.setattr(fsutil, "_fsync_dir", failing)
+    with pytest.raises(OSError) as failed:
+        queue.claim_next("w1")
+    assert failed.value.errno == errno.ENOSPC
+    assert queue.claim_records() == {}
+    assert fields(root / "t1.md")["status"] == "active"
+    monkeypatch.setattr(fsutil, "_fsync_dir", synced)
+    assert queue.claim_next("w2")["id"] == "t1"

@@ -161,6 +161,16 @@ class TaskQueue(HolderOperations):
         scope = f" in project {project}" if project else (" in this batch" if ids is not None else "")
         raise NothingToClaim(advice.nothing_to_claim(scope))
 
+    def _take_back(self, known: TaskSummary, new: Claim) -> None:
+        """Undo a claim that failed before its token was handed out: nobody may hold the task by that token, so its
+        record goes (if it was written) and so does its lease hint. A record that cannot go is left to its lease."""
+        try:
+            self.claims.drop(new.task_id, new.token)
+        except OSError as error:
+            warn(f"the unfinished claim of task {new.task_id} could not be dropped; its lease frees the task "
+                 f"({storage_error(error)})")  # fmt: skip
+        self.store.note_lease(known, None)
+
     def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool,
                    lands: str | None = None) -> dict | str | None:  # fmt: skip
         """A claim dict on success, a refusal text, or None if non-blocking and another process holds the lock.
@@ -225,7 +235,8 @@ class TaskQueue(HolderOperations):
             try:
                 winner = self.claims.acquire(new, fence)
             except BaseException:
-                self.store.note_lease(known, None)
+                # The record may be in place even so (its folder's fsync failed after the rename, on a full disk)
+                self._take_back(known, new)
                 raise
             if winner is not None:
                 return advice.claimed_meanwhile(task_id, winner.caller)
@@ -250,8 +261,7 @@ class TaskQueue(HolderOperations):
                 self.store.rewrite_locked(known, take, first_read, lease_until=new.lease_expires_at,
                                           sync_folder=False)  # fmt: skip
             except BaseException:
-                self.claims.drop(task_id, new.token)  # the token was never handed out: nobody may hold the task
-                self.store.note_lease(known, None)
+                self._take_back(known, new)
                 raise
             if claim is not None:
                 workers.drop_journal(self.store.state, task_id, claim.token)
