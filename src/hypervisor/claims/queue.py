@@ -6,7 +6,7 @@ import os
 
 from ..core import fsutil, limits, rules
 from ..core.config import Config
-from ..core.errors import ClaimRefused, NothingToClaim, TaskNotFound, UsageError, storage_error
+from ..core.errors import ClaimRefused, HypervisorError, NothingToClaim, TaskNotFound, UsageError, storage_error
 from ..core.timeutil import iso, now
 from ..tasks import creation, worklog
 from ..tasks.store import FRESH_FOR, TaskStore
@@ -166,9 +166,9 @@ class TaskQueue(HolderOperations):
         record goes (if it was written) and so does its lease hint. A record that cannot go is left to its lease."""
         try:
             self.claims.drop(new.task_id, new.token)
-        except OSError as error:
-            warn(f"the unfinished claim of task {new.task_id} could not be dropped; its lease frees the task "
-                 f"({storage_error(error)})")  # fmt: skip
+        except (OSError, HypervisorError) as error:  # the first failure is the one raised; this one is said
+            cause = storage_error(error) if isinstance(error, OSError) else error
+            warn(f"the unfinished claim of task {new.task_id} could not be dropped; its lease frees the task ({cause})")
         self.store.note_lease(known, None)
 
     def _try_claim(self, known: TaskSummary, caller: str, lease: float, blocking: bool,

@@ -207,7 +207,7 @@ class TaskIndex:
                 db.executemany("DELETE FROM files WHERE rel = ?", ((rel,) for rel in deleted))
             if rows:
                 bulk = len(rows) >= BULK_ROWS and db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
-                if bulk:  # a new store's first walk: rows in key order, then each index sorted once (~2x faster)
+                if bulk:  # a new store's first walk: rows in key order, then each index built once from them
                     rows.sort(key=lambda row: row[0])
                     for name in _INDEXES:
                         db.execute(f"DROP INDEX IF EXISTS {name}")
