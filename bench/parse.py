@@ -1,4 +1,4 @@
-"""Seconds to read 10k/100k task files into index summaries: PyYAML only, fastyaml serial and fastyaml in processes."""
+"""Seconds to read 10k/100k task files into index rows: PyYAML only, fastyaml serial and fastyaml in processes."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def store_for(size: int) -> str:
 
 
 def read(root: str, items: list, mode: str, cpus: int) -> tuple[float, list]:
-    """Seconds of read_summaries over `items` in `mode` (yaml: fastyaml switched off; parallel: whatever the count
+    """Seconds of read_rows over `items` in `mode` (yaml: fastyaml switched off; parallel: whatever the count
     of files), and the entries."""
     from hypervisor.tasks import bulkread, fastyaml
 
@@ -58,14 +58,14 @@ def read(root: str, items: list, mode: str, cpus: int) -> tuple[float, list]:
     bulkread.PARALLEL_MIN = 0
     try:
         start = time.perf_counter()
-        entries = bulkread.read_summaries(root, items, workers=cpus if mode == "parallel" else 1)
+        entries = bulkread.read_rows(root, items, workers=cpus if mode == "parallel" else 1)
         return time.perf_counter() - start, entries
     finally:
         fastyaml.load, bulkread.PARALLEL_MIN = fast_load, parallel_min
 
 
 def walk(root: str) -> tuple[float, list]:
-    """Seconds of TaskStore._walk with the collector off, as read_summaries runs (with it on, the 100k entries of
+    """Seconds of TaskStore._walk with the collector off, as read_rows runs (with it on, the 100k entries of
     the round before make its passes cost as much as the walk), and the items."""
     from hypervisor.tasks.store import TaskStore
 
@@ -127,7 +127,7 @@ def main() -> None:
     results = [measure(size, args.rounds, cpus) for size in args.sizes]
     small = min(args.sizes)
     steps = threshold(small, max(5, args.rounds), cpus) if cpus > 1 else []
-    lines = [f"read_summaries, {cpus} CPUs (idle_cpus() now: {bulkread.idle_cpus()}), median of {args.rounds} rounds "
+    lines = [f"read_rows, {cpus} CPUs (idle_cpus() now: {bulkread.idle_cpus()}), median of {args.rounds} rounds "
              "(ratios are of the same run; load: CPUs other processes used meanwhile)", "",
              f"{'files':>8} {'walk':>7} {'yaml':>8} {'fast':>8} {'fast xN':>8} {'yaml/fast':>10} "
              f"{'serial/xN':>10} {'yaml/xN':>8} {'load':>5}"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""bulkread.read_summaries: the same entries, in the same order, serially and across forked workers."""
+"""bulkread.read_rows: the same index rows, in the same order, serially and across forked workers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import pytest
 
 from hypervisor.tasks import bulkread
+from hypervisor.tasks.index import make_row
 from hypervisor.tasks.store import TaskStore
 
 
@@ -36,7 +37,9 @@ def store(root, monkeypatch) -> TaskStore:
 
 
 def serial(store: TaskStore, items) -> list:
-    return [store._read_summary(rel, st, is_link) for rel, st, is_link in items]
+    """The index rows of `items` made one by one here, from TaskStore's own single-file reader."""
+    return [make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), store._read_summary(rel, st, is_link))
+            for rel, st, is_link in items]  # fmt: skip
 
 
 def test_parallel_equals_serial_in_order(store, monkeypatch, capsys):
@@ -45,12 +48,12 @@ def test_parallel_equals_serial_in_order(store, monkeypatch, capsys):
     monkeypatch.setattr(bulkread, "_parallel", lambda *args: forked.append(args[3]) or parallel(*args))
     items = list(store._walk())
     expected = serial(store, items)
-    invalid = sum("error" in entry for entry in expected)
+    invalid = sum(row[4] for row in expected)  # the `invalid` column
     assert len(items) == 68 and invalid == 5  # a duplicate id shows only in TaskStore.summaries
-    assert bulkread.read_summaries(store.root, items, workers=2) == expected
-    assert bulkread.read_summaries(store.root, items, workers=4) == expected
-    assert bulkread.read_summaries(store.root, items, workers=1) == expected
-    assert bulkread.read_summaries(store.root, [], workers=2) == []
+    assert bulkread.read_rows(store.root, items, workers=2) == expected
+    assert bulkread.read_rows(store.root, items, workers=4) == expected
+    assert bulkread.read_rows(store.root, items, workers=1) == expected
+    assert bulkread.read_rows(store.root, [], workers=2) == []
     assert forked == [2, 4] and capsys.readouterr().err == ""
 
 
@@ -60,7 +63,7 @@ def test_reads_alone_if_no_child_can_start(store, monkeypatch, capsys):
 
     monkeypatch.setattr(os, "fork", refuse)
     items = list(store._walk())
-    assert bulkread.read_summaries(store.root, items, workers=3) == serial(store, items)
+    assert bulkread.read_rows(store.root, items, workers=3) == serial(store, items)
     assert "reading task files in fewer processes" in capsys.readouterr().err
 
 
@@ -71,7 +74,7 @@ def die(writer) -> None:
 def test_falls_back_to_one_process_if_a_worker_dies(store, monkeypatch, capsys):
     monkeypatch.setattr(bulkread, "_child", die)
     items = list(store._walk())
-    assert bulkread.read_summaries(store.root, items, workers=3) == serial(store, items)
+    assert bulkread.read_rows(store.root, items, workers=3) == serial(store, items)
     assert capsys.readouterr().err.count("a process reading task files ended early (exit 3)") == 2
 
 
@@ -80,13 +83,3 @@ def test_children_only_for_cpus_other_work_leaves_idle(monkeypatch, load, expect
     monkeypatch.setattr(bulkread, "cpus", lambda: 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     assert bulkread.idle_cpus() == expected
-
-
-def test_rows_made_in_children_equal_rows_made_here(store):
-    from hypervisor.tasks.index import make_row
-
-    items = list(store._walk())
-    expected = [make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), entry)
-                for (rel, st, _), entry in zip(items, serial(store, items), strict=True)]  # fmt: skip
-    assert bulkread.read_rows(store.root, items, workers=3) == expected
-    assert bulkread.read_rows(store.root, items, workers=1) == expected

@@ -1,4 +1,4 @@
-"""Index summaries of task files, one at a time or, for a big build, across processes (fork, on Linux)."""
+"""Index rows of task files, one at a time or, for a big build, across processes (fork, on Linux)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import sys
 
 from ..core.errors import TaskFileError
-from .task import SUMMARY_FIELDS, InvalidEntry, TaskSummary, summarize
+from .task import InvalidEntry, TaskSummary, summarize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ PARALLEL_MIN = 1000  # fewer files are read in-process: on 2 CPUs, children pay 
 CHUNK = 500  # files a process takes at a time, at most
 
 Item = tuple[str, os.stat_result, bool]  # (relpath, stat, is_symlink), as TaskStore._walk yields them
-_job: tuple | None = None  # what forked children read: (root, real root, items, chunks, the shared counter, as_rows)
+_job: tuple | None = None  # what forked children read: (root, real root, items, chunks, the shared counter)
 
 
 def inside(path: str, real_root: str) -> bool:
@@ -45,19 +45,10 @@ def read_summary(root: str, real_root: str, rel: str, st: os.stat_result, is_lin
         return InvalidEntry(error=f"{path}: cannot read: {error.strerror}", path=rel, field=None)
 
 
-def read_summaries(root: str, items: list[Item], workers: int | None = None) -> list[TaskSummary | InvalidEntry]:
-    """`read_summary` of each item, in order: with `workers` (default: `idle_cpus()`) processes, this one and forked
-    children, when there are at least PARALLEL_MIN items; in this process alone otherwise, or if no child starts."""
-    return _read_all(root, items, workers, as_rows=False)
-
-
 def read_rows(root: str, items: list[Item], workers: int | None = None) -> list[Row]:
-    """The index rows (index.make_row) of the items, in order, read as `read_summaries` reads them: each row is
-    made in the process that read its file, so a build's parent does not encode every other process's entries."""
-    return _read_all(root, items, workers, as_rows=True)
-
-
-def _read_all(root: str, items: list[Item], workers: int | None, as_rows: bool) -> list:
+    """The index row (index.make_row) of each item's `read_summary`, in order: with `workers` (default:
+    `idle_cpus()`) processes, this one and forked children, when there are at least PARALLEL_MIN items; in this
+    process alone otherwise, or if no child starts. Each row is made in the process that read its file."""
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
     workers = idle_cpus() if workers is None else workers
@@ -66,18 +57,16 @@ def _read_all(root: str, items: list[Item], workers: int | None, as_rows: bool) 
     try:
         if workers > 1 and len(items) >= PARALLEL_MIN and _can_fork():
             try:
-                return _parallel(root, real_root, items, workers, as_rows)
+                return _parallel(root, real_root, items, workers)
             except (OSError, ImportError) as error:
                 print(f"hypervisor: reading task files in one process ({error})", file=sys.stderr)
-        return _read_items(root, real_root, items, as_rows)
+        return _read_items(root, real_root, items)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _read_items(root: str, real_root: str, items: list[Item], as_rows: bool) -> list:
-    if not as_rows:
-        return [read_summary(root, real_root, rel, st, is_link) for rel, st, is_link in items]
+def _read_items(root: str, real_root: str, items: list[Item]) -> list[Row]:
     from .index import make_row
 
     return [make_row(rel, (st.st_mtime_ns, st.st_size, st.st_ino), read_summary(root, real_root, rel, st, is_link))
@@ -108,9 +97,9 @@ def _can_fork() -> bool:
     return sys.platform == "linux" and threading.active_count() == 1
 
 
-def _parallel(root: str, real_root: str, items: list[Item], workers: int, as_rows: bool) -> list:
+def _parallel(root: str, real_root: str, items: list[Item], workers: int) -> list[Row]:
     """This process and `workers` - 1 forked ones take chunks of the items in turn from a shared counter (so a
-    process the machine starves takes fewer); a child sends its entries at the end; chunks of a child that died
+    process the machine starves takes fewer); a child sends its rows at the end; chunks of a child that died
     are read here."""
     import multiprocessing
     import pickle  # here, not at the top: most calls read a few files in this process (pickle costs 4 ms)
@@ -123,7 +112,7 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int, as_row
     chunks = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
     counter = context.Value("q", 0)
     children = []
-    _job = (root, real_root, items, chunks, counter, as_rows)
+    _job = (root, real_root, items, chunks, counter)
     try:
         for _ in range(workers - 1):
             reader, writer = context.Pipe(duplex=False)
@@ -140,17 +129,15 @@ def _parallel(root: str, real_root: str, items: list[Item], workers: int, as_row
         for child, reader in children:
             while True:
                 try:
-                    index, packed = pickle.loads(reader.recv_bytes())
+                    index, rows = pickle.loads(reader.recv_bytes())
                 except (EOFError, OSError):
                     break
-                start = chunks[index][0]
-                done[index] = packed if as_rows else [_unpack(items[start + offset][0], entry)
-                                                      for offset, entry in enumerate(packed)]  # fmt: skip
+                done[index] = rows
             reader.close()
             child.join()
             if child.exitcode:
                 print(f"hypervisor: a process reading task files ended early (exit {child.exitcode})", file=sys.stderr)
-        results: list = []
+        results: list[Row] = []
         for index in range(len(chunks)):
             results.extend(done[index] if index in done else _read_chunk(index))
         return results
@@ -173,11 +160,11 @@ def _taken(counter, count: int):
         yield index
 
 
-def _read_chunk(index: int) -> list:
+def _read_chunk(index: int) -> list[Row]:
     assert _job is not None
-    root, real_root, items, chunks, _, as_rows = _job
+    root, real_root, items, chunks, _ = _job
     start, stop = chunks[index]
-    return _read_items(root, real_root, items[start:stop], as_rows)
+    return _read_items(root, real_root, items[start:stop])
 
 
 def _child(writer) -> None:
@@ -186,27 +173,8 @@ def _child(writer) -> None:
     import pickle  # already loaded: the parent imported it before the fork
 
     assert _job is not None
-    counter, count, as_rows = _job[4], len(_job[3]), _job[5]
-    pack = tuple if as_rows else _pack  # a row is a tuple of plain values already
-    blobs = [pickle.dumps((index, [pack(entry) for entry in _read_chunk(index)]), pickle.HIGHEST_PROTOCOL)
-             for index in _taken(counter, count)]  # fmt: skip
+    counter, count = _job[4], len(_job[3])
+    blobs = [pickle.dumps((index, _read_chunk(index)), pickle.HIGHEST_PROTOCOL) for index in _taken(counter, count)]
     for blob in blobs:
         writer.send_bytes(blob)
     writer.close()
-
-
-def _pack(entry: TaskSummary | InvalidEntry) -> tuple:
-    """An entry as a tuple (cheap to pickle): its summary fields in order, or (error, field) for an invalid file."""
-    if "error" in entry:
-        return (entry["error"], entry["field"])
-    return (*[entry[name] for name in SUMMARY_FIELDS], "status_missing" in entry)  # type: ignore[literal-required]
-
-
-def _unpack(rel: str, packed: tuple) -> TaskSummary | InvalidEntry:
-    if len(packed) == 2:
-        return InvalidEntry(error=packed[0], path=rel, field=packed[1])
-    summary = dict(zip(SUMMARY_FIELDS, packed[:-1], strict=True))
-    summary["path"] = rel
-    if packed[-1]:
-        summary["status_missing"] = True
-    return summary  # type: ignore[return-value]
